@@ -1,0 +1,123 @@
+"""Client API: clip, encode and secret-share a model delta, and send one share to each party.
+
+The client fetches the round's spec from every party and refuses to submit
+unless all of them agree (a coordinator cannot hand parties different specs).
+The upload is one int64 vector to the leader and a 32-byte seed to each helper
+(mpc_agg.sharing), each over its party's CURVE channel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from types import TracebackType
+from typing import Any, Mapping
+
+import numpy as np
+import zmq
+
+from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.errors import ConfigError, EncodingError, SpecMismatchError
+from mpc_agg.fixedpoint import encode
+from mpc_agg.sharing import ShareContext, split
+from mpc_agg.spec import RoundSpec
+from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.wire import MsgType
+
+__all__ = ["SecureAggClient", "flatten_update"]
+
+
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().double().numpy()
+    return np.asarray(v, dtype=np.float64)
+
+
+def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
+    """Flatten named tensors in the spec's canonical (sorted-name) order, checking shapes."""
+    names = {n for n, _ in spec.shapes}
+    if set(update) != names:
+        missing, extra = sorted(names - set(update)), sorted(set(update) - names)
+        raise EncodingError(f"update does not match round {spec.round_id}: missing {missing}, unexpected {extra}")
+    parts = []
+    for name, shape in spec.shapes:
+        arr = _to_numpy(update[name])
+        if tuple(arr.shape) != shape:
+            raise EncodingError(f"{name!r} has shape {tuple(arr.shape)}, the round expects {shape}")
+        parts.append(arr.reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class SecureAggClient:
+    """One client of a deployment, authenticated by its own CURVE key."""
+
+    def __init__(self, deployment: Deployment, client_id: str, *, timeout_s: float = 30.0) -> None:
+        cfg = deployment.client(client_id)
+        secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
+        self.client_id = client_id
+        self.timeout_s = timeout_s
+        self.dep = deployment
+        self.sctx = SecureContext()
+        self._req = [
+            Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=cfg.public_key, secret_key=secret,
+                                       server_key=p.public_key))
+            for p in deployment.parties
+        ]
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], client_id: str, **kw: Any) -> "SecureAggClient":
+        return cls(Deployment.load(path), client_id, **kw)
+
+    def close(self) -> None:
+        self.sctx.close()
+
+    def __enter__(self) -> "SecureAggClient":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def fetch_spec(self, round_id: int) -> RoundSpec:
+        """The round's spec, identical at every party, or SpecMismatchError."""
+        deadline = time.monotonic() + self.timeout_s
+        rids = [r.send(MsgType.GET_SPEC, {"round": round_id}) for r in self._req]
+        specs = [r.wait(rid, deadline, f"party {i}") for i, (r, rid) in enumerate(zip(self._req, rids))]
+        digests = {m.meta.get("digest") for m in specs}
+        if len(digests) != 1:
+            raise SpecMismatchError(f"parties disagree about round {round_id}'s spec: refusing to submit")
+        spec = RoundSpec.from_json(specs[0].meta.get("spec"))
+        if spec.digest() != specs[0].meta.get("digest") or spec.round_id != round_id:
+            raise SpecMismatchError("a party's spec does not match its own digest")
+        return spec
+
+    def submit(self, round_id: int, update: Mapping[str, Any], *, weight: float = 1.0, clip: bool = True) -> str:
+        """Clip, weight, encode and share ``update``; returns the report id (hex).
+
+        ``clip=False`` skips this client's own clipping (for tests of what the
+        parties enforce).  The average revealed is sum(weight*update)/sum(weight).
+        """
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
+        spec = self.fetch_spec(round_id)
+        if spec.noise_multiplier > 0:
+            raise ConfigError("noise_multiplier > 0 is not supported by this client yet")
+        x = flatten_update(spec, update)
+        if not np.all(np.isfinite(x)):
+            raise EncodingError("update contains NaN or infinite values")
+        if clip and spec.clip_norm is not None:
+            norm = float(np.linalg.norm(x))
+            if norm > spec.clip_norm:
+                x = x * (spec.clip_norm / norm)
+        ring = encode(np.append(x * weight, weight), spec.frac_bits)
+        report_id = os.urandom(16)
+        leader, seeds = split(ring, len(self._req), ShareContext(round_id, self.client_id, report_id))
+        meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
+                "spec_digest": spec.digest()}
+        deadline = time.monotonic() + self.timeout_s
+        # helpers first (tiny seeds), the leader last
+        rids = [(r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
+        rids.append((self._req[0], self._req[0].send(MsgType.REPORT, meta, [leader.data])))
+        for i, (r, rid) in enumerate(rids):
+            r.wait(rid, deadline, "party")
+        return report_id.hex()

@@ -1,0 +1,239 @@
+"""Deployment configuration: who the parties, dealer, coordinator and clients are.
+
+``deployment.toml`` holds endpoints and CURVE public keys (Z85); private keys
+live in separate files (mode 0600) referenced by path relative to the TOML file,
+so each organisation only needs its own private key file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import zmq
+
+from .errors import ConfigError
+
+__all__ = ["PartyConfig", "ClientConfig", "Deployment", "generate_deployment", "free_ports"]
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    id: int
+    client_endpoint: str
+    peer_endpoint: str
+    public_key: str
+    private_key_file: Path | None
+    min_clients: int
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    id: str
+    public_key: str
+    private_key_file: Path | None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A parsed, validated ``deployment.toml``."""
+
+    path: Path
+    parties: tuple[PartyConfig, ...]
+    clients: tuple[ClientConfig, ...]
+    coordinator_public_key: str
+    coordinator_private_key_file: Path | None
+    dealer_endpoint: str | None = None
+    dealer_public_key: str | None = None
+    dealer_private_key_file: Path | None = None
+    _client_by_key: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Deployment":
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"deployment file {p} not found (create one with `mpc-agg keygen`)") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        base = p.parent
+
+        def keyfile(v: Any) -> Path | None:
+            return None if v in (None, "") else (base / str(v))
+
+        try:
+            parties = tuple(
+                PartyConfig(
+                    id=int(s["id"]),
+                    client_endpoint=str(s["client_endpoint"]),
+                    peer_endpoint=str(s["peer_endpoint"]),
+                    public_key=_check_key(str(s["public_key"])),
+                    private_key_file=keyfile(s.get("private_key_file")),
+                    min_clients=int(s.get("min_clients", 3)),
+                    state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
+                )
+                for s in raw["parties"]
+            )
+            clients = tuple(
+                ClientConfig(
+                    id=str(c["id"]),
+                    public_key=_check_key(str(c["public_key"])),
+                    private_key_file=keyfile(c.get("private_key_file")),
+                )
+                for c in raw.get("clients", [])
+            )
+            coord = raw["coordinator"]
+            dealer = raw.get("dealer")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{p}: missing or invalid field: {exc}") from None
+        if len(parties) < 2:
+            raise ConfigError(f"{p}: at least 2 parties are needed, found {len(parties)}")
+        if sorted(x.id for x in parties) != list(range(len(parties))):
+            raise ConfigError(f"{p}: party ids must be 0..{len(parties) - 1}")
+        if any(x.min_clients < 1 for x in parties):
+            raise ConfigError(f"{p}: min_clients must be >= 1")
+        if len({c.id for c in clients}) != len(clients):
+            raise ConfigError(f"{p}: duplicate client ids")
+        dep = cls(
+            path=p,
+            parties=tuple(sorted(parties, key=lambda x: x.id)),
+            clients=clients,
+            coordinator_public_key=_check_key(str(coord["public_key"])),
+            coordinator_private_key_file=keyfile(coord.get("private_key_file")),
+            dealer_endpoint=None if dealer is None else str(dealer["endpoint"]),
+            dealer_public_key=None if dealer is None else _check_key(str(dealer["public_key"])),
+            dealer_private_key_file=None if dealer is None else keyfile(dealer.get("private_key_file")),
+        )
+        dep._client_by_key.update({c.public_key: c.id for c in clients})
+        all_keys = [x.public_key for x in parties] + [c.public_key for c in clients] + [dep.coordinator_public_key]
+        if len(set(all_keys)) != len(all_keys):
+            raise ConfigError(f"{p}: a public key is used by two roles")
+        return dep
+
+    def party(self, party_id: int) -> PartyConfig:
+        for x in self.parties:
+            if x.id == party_id:
+                return x
+        raise ConfigError(f"no party with id {party_id} in {self.path}")
+
+    def client(self, client_id: str) -> ClientConfig:
+        for c in self.clients:
+            if c.id == client_id:
+                return c
+        raise ConfigError(f"no client {client_id!r} in {self.path}")
+
+    def client_id_for_key(self, public_key: str) -> str | None:
+        return self._client_by_key.get(public_key)
+
+
+def _check_key(z85: str) -> str:
+    if len(z85) != 40:
+        raise ConfigError(f"a CURVE public key is 40 Z85 characters, got {len(z85)}")
+    try:
+        zmq.utils.z85.decode(z85)
+    except Exception:
+        raise ConfigError("public key is not valid Z85") from None
+    return z85
+
+
+def read_secret_key(path: Path | None, role: str) -> str:
+    """Read a Z85 CURVE secret key file, refusing group/world-readable files."""
+    if path is None:
+        raise ConfigError(f"the deployment has no private key file for {role}")
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text("ascii").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"private key file {path} for {role} not found") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"private key file {path} must not be readable by group/others (chmod 600)")
+    _check_key(text)
+    return text
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Ask the OS for ``n`` currently free TCP ports on ``host``."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string of printable text is a valid TOML basic string
+
+
+def generate_deployment(
+    out_dir: str | os.PathLike[str],
+    *,
+    parties: int = 3,
+    clients: int = 3,
+    min_clients: int = 3,
+    hosts: Sequence[str] | None = None,
+    base_port: int | None = None,
+    with_dealer: bool = True,
+) -> Path:
+    """Write ``out_dir/deployment.toml`` and one 0600 key file per role."""
+    if parties < 2:
+        raise ConfigError("at least 2 parties are needed")
+    if clients < 0 or min_clients < 1:
+        raise ConfigError("clients must be >= 0 and min_clients >= 1")
+    hosts = list(hosts) if hosts else ["127.0.0.1"] * parties
+    if len(hosts) != parties:
+        raise ConfigError(f"{len(hosts)} hosts given for {parties} parties")
+    out = Path(out_dir)
+    keys = out / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys, 0o700)
+    nports = 2 * parties + 1
+    ports = free_ports(nports) if base_port is None else list(range(base_port, base_port + nports))
+
+    def new_key(name: str) -> str:
+        public, secret = zmq.curve_keypair()
+        kp = keys / f"{name}.key"
+        fd = os.open(kp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.decode("ascii") + "\n")
+        os.chmod(kp, 0o600)
+        return public.decode("ascii")
+
+    lines = ["# mpc-agg deployment (generated by `mpc-agg keygen`)", "version = 1", ""]
+    lines += ["[coordinator]", f"public_key = {_toml_str(new_key('coordinator'))}",
+              'private_key_file = "keys/coordinator.key"', ""]
+    if with_dealer:
+        lines += ["[dealer]", f"endpoint = {_toml_str(f'tcp://127.0.0.1:{ports[-1]}')}",
+                  f"public_key = {_toml_str(new_key('dealer'))}", 'private_key_file = "keys/dealer.key"', ""]
+    for i in range(parties):
+        h = hosts[i]
+        lines += [
+            "[[parties]]",
+            f"id = {i}",
+            f"client_endpoint = {_toml_str(f'tcp://{h}:{ports[2 * i]}')}",
+            f"peer_endpoint = {_toml_str(f'tcp://{h}:{ports[2 * i + 1]}')}",
+            f"public_key = {_toml_str(new_key(f'party-{i}'))}",
+            f'private_key_file = "keys/party-{i}.key"',
+            f"min_clients = {min_clients}",
+            f'state_dir = "state/party-{i}"',
+            "",
+        ]
+    for c in range(clients):
+        lines += ["[[clients]]", f'id = "client-{c}"', f"public_key = {_toml_str(new_key(f'client-{c}'))}",
+                  f'private_key_file = "keys/client-{c}.key"', ""]
+    path = out / "deployment.toml"
+    path.write_text("\n".join(lines), "utf-8")
+    return path

@@ -1,0 +1,121 @@
+"""Round specification: what every client and party of one round agrees on.
+
+The spec is canonicalised (sorted tensor names, JSON with sorted keys) and
+hashed with SHA-256; clients compare the hash across all parties before they
+submit, so a coordinator cannot give parties different specs unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError, WireError
+from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS
+from .wire import PROTOCOL_VERSION
+
+__all__ = ["RoundSpec"]
+
+MAX_DIM = 1 << 31
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """One round's parameters. ``shapes`` is sorted by name; ``dim`` counts values."""
+
+    round_id: int
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    min_clients: int = 3
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    frac_bits: int = DEFAULT_FRAC_BITS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
+            raise ConfigError(f"round_id must be a non-negative int, got {self.round_id!r}")
+        if not self.shapes:
+            raise ConfigError("a round needs at least one named tensor")
+        names = [n for n, _ in self.shapes]
+        if names != sorted(names) or len(set(names)) != len(names):
+            raise ConfigError("shapes must be sorted by unique name (use RoundSpec.create)")
+        for name, shape in self.shapes:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"bad tensor name {name!r}")
+            if any((not isinstance(s, int)) or isinstance(s, bool) or s < 0 for s in shape):
+                raise ConfigError(f"bad shape {shape!r} for {name!r}")
+        if self.dim > MAX_DIM:
+            raise ConfigError(f"{self.dim} values exceed the limit {MAX_DIM}")
+        if not isinstance(self.min_clients, int) or self.min_clients < 1:
+            raise ConfigError("min_clients must be an int >= 1")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ConfigError("clip_norm must be a positive finite number or None")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError("noise_multiplier must be >= 0")
+        if self.noise_multiplier > 0 and self.clip_norm is None:
+            raise ConfigError("noise needs clip_norm: the noise scale is noise_multiplier * clip_norm")
+        if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= MAX_FRAC_BITS:
+            raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}]")
+
+    @classmethod
+    def create(
+        cls,
+        round_id: int,
+        shapes: Mapping[str, tuple[int, ...] | list[int]],
+        *,
+        min_clients: int = 3,
+        clip_norm: float | None = None,
+        noise_multiplier: float = 0.0,
+        frac_bits: int | None = None,
+    ) -> "RoundSpec":
+        try:
+            norm = tuple(sorted((str(k), tuple(int(s) for s in v)) for k, v in shapes.items()))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"shapes must map names to tuples of ints: {exc}") from None
+        return cls(
+            round_id=round_id,
+            shapes=norm,
+            min_clients=min_clients,
+            clip_norm=None if clip_norm is None else float(clip_norm),
+            noise_multiplier=float(noise_multiplier),
+            frac_bits=DEFAULT_FRAC_BITS if frac_bits is None else frac_bits,
+        )
+
+    @property
+    def dim(self) -> int:
+        return sum(math.prod(s) for _, s in self.shapes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PROTOCOL_VERSION,
+            "round_id": self.round_id,
+            "shapes": [[n, list(s)] for n, s in self.shapes],
+            "min_clients": self.min_clients,
+            "clip_norm": self.clip_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "frac_bits": self.frac_bits,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "RoundSpec":
+        try:
+            if obj["version"] != PROTOCOL_VERSION:
+                raise WireError(f"spec version {obj['version']!r} unsupported")
+            return cls(
+                round_id=int(obj["round_id"]),
+                shapes=tuple((str(n), tuple(int(x) for x in s)) for n, s in obj["shapes"]),
+                min_clients=int(obj["min_clients"]),
+                clip_norm=None if obj["clip_norm"] is None else float(obj["clip_norm"]),
+                noise_multiplier=float(obj["noise_multiplier"]),
+                frac_bits=int(obj["frac_bits"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"malformed round spec: {exc!r}") from None
+        except ConfigError as exc:
+            raise WireError(f"invalid round spec: {exc}") from None
+
+    def digest(self) -> str:
+        canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(canon).hexdigest()

@@ -1,0 +1,137 @@
+"""The one versioned binary wire format of mpc-agg (every socket uses it).
+
+A message is a ZeroMQ multipart message::
+
+    frame 0  header, 16 bytes, big-endian:
+             magic  b"MPAG"     4 bytes
+             version            u8   (PROTOCOL_VERSION)
+             type               u8   (MsgType)
+             flags              u16  (must be 0)
+             meta_len           u32  (length of frame 1)
+             n_payloads         u32  (number of frames after frame 1)
+    frame 1  metadata: UTF-8 JSON object, at most MAX_META_BYTES
+    frame 2+ raw payloads (little-endian arrays or seeds), each <= max_payload
+
+No pickle ever: metadata is JSON, bulk data raw bytes interpreted by the
+receiving handler against the round spec.  Any violation raises WireError.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import WireError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAGIC",
+    "HEADER",
+    "MAX_META_BYTES",
+    "DEFAULT_MAX_PAYLOAD",
+    "MsgType",
+    "Message",
+    "encode_message",
+    "decode_message",
+]
+
+PROTOCOL_VERSION = 1
+MAGIC = b"MPAG"
+HEADER = struct.Struct(">4sBBHII")
+MAX_META_BYTES = 1 << 20
+DEFAULT_MAX_PAYLOAD = 1 << 31
+MAX_PAYLOADS = 64
+
+
+class MsgType(enum.IntEnum):
+    """Message types; a new type needs a new number, never a reused one."""
+
+    ERROR = 1
+    OK = 2
+    GET_SPEC = 3
+    SPEC = 4
+    OPEN_ROUND = 5
+    REPORT = 6
+    CLOSE_ROUND = 7
+    SUM_SHARE = 8
+    STATUS = 9
+    PEER = 10
+    DEALER_REQUEST = 11
+    DEALER_REPLY = 12
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: its type, JSON metadata and raw payload frames."""
+
+    type: MsgType
+    meta: dict[str, Any] = field(default_factory=dict)
+    payloads: tuple[bytes | memoryview, ...] = ()
+
+
+def encode_message(
+    mtype: MsgType, meta: dict[str, Any] | None = None, payloads: Sequence[Any] = ()
+) -> list[Any]:
+    """Build the frames of one message (payloads are passed through uncopied)."""
+    meta_bytes = json.dumps(meta or {}, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    if len(meta_bytes) > MAX_META_BYTES:
+        raise WireError(f"metadata of {len(meta_bytes)} bytes exceeds {MAX_META_BYTES}")
+    if len(payloads) > MAX_PAYLOADS:
+        raise WireError(f"{len(payloads)} payload frames exceed {MAX_PAYLOADS}")
+    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, int(mtype), 0, len(meta_bytes), len(payloads))
+    return [header, meta_bytes, *payloads]
+
+
+def decode_message(frames: Sequence[Any], *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
+    """Parse and validate frames; raises WireError on any deviation."""
+    if len(frames) < 2:
+        raise WireError(f"a message has at least 2 frames, got {len(frames)}")
+    header = memoryview(frames[0]).tobytes()
+    if len(header) != HEADER.size:
+        raise WireError(f"header must be {HEADER.size} bytes, got {len(header)}")
+    magic, version, mtype, flags, meta_len, n_payloads = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise WireError("bad magic")
+    if version != PROTOCOL_VERSION:
+        raise WireError(f"unsupported protocol version {version} (this build speaks {PROTOCOL_VERSION})")
+    try:
+        mt = MsgType(mtype)
+    except ValueError:
+        raise WireError(f"unknown message type {mtype}") from None
+    if flags != 0:
+        raise WireError(f"unknown flags {flags:#x}")
+    if meta_len > MAX_META_BYTES:
+        raise WireError("metadata too large")
+    if n_payloads != len(frames) - 2:
+        raise WireError(f"header announces {n_payloads} payloads, message has {len(frames) - 2}")
+    meta_view = memoryview(frames[1])
+    if meta_view.nbytes != meta_len:
+        raise WireError(f"metadata is {meta_view.nbytes} bytes, header says {meta_len}")
+    try:
+        meta = json.loads(meta_view.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"metadata is not UTF-8 JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise WireError("metadata must be a JSON object")
+    payloads = []
+    for f in frames[2:]:
+        view = memoryview(f)
+        if view.nbytes > max_payload:
+            raise WireError(f"payload of {view.nbytes} bytes exceeds {max_payload}")
+        payloads.append(view)
+    return Message(mt, meta, tuple(payloads))
+
+
+def require(meta: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    """Fetch a typed metadata field or raise WireError."""
+    if key not in meta:
+        raise WireError(f"metadata field {key!r} missing")
+    value = meta[key]
+    if isinstance(value, bool) and typ in (int, float, (int, float)):
+        raise WireError(f"metadata field {key!r} has type bool")
+    if not isinstance(value, typ):
+        raise WireError(f"metadata field {key!r} has type {type(value).__name__}")
+    return value

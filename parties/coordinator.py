@@ -1,0 +1,141 @@
+"""The coordinator: opens rounds at every party and receives only shares of the sum.
+
+It is untrusted for privacy: it cannot lower a party's floor, choose the cohort
+or see any share in transit (DESIGN.md §2).  It adds the k sum shares mod 2**64,
+decodes them with mpc_agg.fixedpoint (not CrypTen's decoder) and divides by the
+revealed total weight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Mapping
+
+import numpy as np
+import torch
+import zmq
+
+from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
+from mpc_agg.fixedpoint import decode
+from mpc_agg.sharing import reconstruct
+from mpc_agg.spec import RoundSpec
+from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.wire import MsgType
+
+__all__ = ["Coordinator", "RoundResult"]
+
+log = logging.getLogger("mpc_agg.coordinator")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What a closed round reveals: the weighted average and who is in it."""
+
+    round_id: int
+    average: dict[str, torch.Tensor]
+    clients: tuple[str, ...]
+    total_weight: float
+    report_ids: tuple[str, ...]
+    seconds: float
+
+
+class Coordinator:
+    """Opens and closes rounds; a context manager that closes its sockets."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.dep = deployment
+        secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
+        self.sctx = SecureContext()
+        self._req = [
+            Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=deployment.coordinator_public_key,
+                                       secret_key=secret, server_key=p.public_key))
+            for p in deployment.parties
+        ]
+        self.specs: dict[int, RoundSpec] = {}
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> "Coordinator":
+        return cls(Deployment.load(path))
+
+    def close(self) -> None:
+        self.sctx.close()
+
+    def __enter__(self) -> "Coordinator":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _all(self, mtype: MsgType, meta: dict, timeout_s: float) -> list:
+        """Send one request to every party at once and collect every answer (first error raised)."""
+        deadline = time.monotonic() + timeout_s
+        rids = [r.send(mtype, meta) for r in self._req]
+        answers, errors = [], []
+        for i, (r, rid) in enumerate(zip(self._req, rids)):
+            try:
+                answers.append(r.wait(rid, deadline, f"party {i}"))
+            except MpcAggError as exc:
+                errors.append(exc)
+                answers.append(None)
+        if errors:
+            raise errors[0]
+        return answers
+
+    def open_round(
+        self,
+        round_id: int,
+        shapes: Mapping[str, tuple[int, ...]],
+        *,
+        min_clients: int = 3,
+        clip_norm: float | None = None,
+        noise_multiplier: float = 0.0,
+        frac_bits: int | None = None,
+        timeout_s: float = 30.0,
+    ) -> RoundSpec:
+        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting)."""
+        spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
+                                noise_multiplier=noise_multiplier, frac_bits=frac_bits)
+        self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
+        self.specs[round_id] = spec
+        log.info("event=open round=%d dim=%d", round_id, spec.dim)
+        return spec
+
+    def close_round(self, round_id: int, *, timeout_s: float = 60.0) -> RoundResult:
+        """Ask every party to agree on the cohort and reveal its sum share; return the average."""
+        spec = self.specs.get(round_id)
+        if spec is None:
+            raise RefusedError(f"round {round_id} was not opened by this coordinator")
+        t0 = time.monotonic()
+        answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
+                                                  "timeout_s": timeout_s}, timeout_s)
+        cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
+        if len(cohorts) != 1:
+            raise RefusedError("parties revealed different cohorts: result discarded")
+        nbytes = 8 * (spec.dim + 1)
+        shares = []
+        for i, a in enumerate(answers):
+            if a.type != MsgType.SUM_SHARE or len(a.payloads) != 1 or a.payloads[0].nbytes != nbytes:
+                raise WireError(f"party {i} sent a malformed sum share")
+            shares.append(np.frombuffer(a.payloads[0], dtype="<i8").astype(np.int64, copy=False))
+        total = decode(reconstruct(shares), spec.frac_bits)
+        weight = float(total[-1])
+        if not weight > 0:
+            raise RefusedError(f"revealed total weight {weight} is not positive")
+        avg = total[:-1] / weight
+        out, off = {}, 0
+        for name, shape in spec.shapes:
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name] = torch.from_numpy(avg[off:off + n].reshape(shape).copy())
+            off += n
+        clients = tuple(answers[0].meta.get("clients", ()))
+        log.info("event=reveal round=%d clients=%d", round_id, len(clients))
+        return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0)
+
+    def status(self, *, timeout_s: float = 10.0) -> list[dict]:
+        """Each party's health output (open rounds, report counts, floor)."""
+        return [a.meta for a in self._all(MsgType.STATUS, {}, timeout_s)]

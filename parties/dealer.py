@@ -1,0 +1,174 @@
+"""The dealer: hands each party its shares of correlated randomness for CrypTen MPC.
+
+Runs as ``mpc-agg dealer --config deployment.toml``.  It is neither the
+coordinator nor a party, and it never sees inputs: it only answers
+``DEALER_REQUEST`` messages.  A tuple is produced once every party asked for it
+with the identical request (same session, sequence number and parameters); the
+values come from ``os.urandom`` and each party receives only its own shares
+over its CURVE channel.  Trust assumption: the dealer does not collude with any
+party (trusted-dealer model; CrypTen's "TTP" role, minus its Mersenne-Twister
+generators and plaintext seed exchange, DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+from typing import Any
+
+import torch
+import zmq
+
+from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.crypten_glue import DEALER_FUNCTIONS, DEALER_OPS, _obj_decode, random_ring, tensor_to_payload
+from mpc_agg.errors import AuthError, MpcAggError, WireError
+from mpc_agg.transport import SecureContext, recv_authenticated
+from mpc_agg.wire import MsgType, encode_message, require
+
+__all__ = ["Dealer", "deal"]
+
+log = logging.getLogger("mpc_agg.dealer")
+MAX_PENDING = 4096
+MAX_ELEMENTS = 1 << 26
+
+
+def _additive_shares(x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    shares = [random_ring(list(x.shape)) for _ in range(k - 1)]
+    first = x.clone()
+    for s in shares:
+        first -= s
+    return [first, *shares]
+
+
+def _xor_shares(x: torch.Tensor, k: int, bits: int = 64) -> list[torch.Tensor]:
+    mask = -1 if bits == 64 else (1 << bits) - 1
+    shares = [random_ring(list(x.shape)) & mask for _ in range(k - 1)]
+    first = x.clone()
+    for s in shares:
+        first ^= s
+    return [first, *shares]
+
+
+def _size(v: Any) -> list[int]:
+    if not isinstance(v, (list, tuple, torch.Size)) or not all(isinstance(s, int) and s >= 0 for s in v):
+        raise WireError("bad size in dealer request")
+    n = 1
+    for s in v:
+        n *= s
+    if n > MAX_ELEMENTS:
+        raise WireError(f"dealer request for {n} elements exceeds {MAX_ELEMENTS}")
+    return list(v)
+
+
+def deal(fn: str, params: dict[str, Any], k: int) -> list[list[torch.Tensor]]:
+    """Produce the tuple ``fn`` for ``k`` parties; result[i] is party i's list of shares."""
+    if fn == "additive":
+        op = params.get("op")
+        if op not in DEALER_OPS:
+            raise WireError(f"op {op!r} is not allowed")
+        args, kwargs = params.get("args", []), params.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise WireError("bad args")
+        a, b = random_ring(_size(params.get("size0"))), random_ring(_size(params.get("size1")))
+        try:
+            c = getattr(torch, op)(a, b, *args, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise WireError(f"cannot compute {op} for these sizes: {exc}") from None
+        parts = [_additive_shares(a, k), _additive_shares(b, k), _additive_shares(c, k)]
+    elif fn == "square":
+        r = random_ring(_size(params.get("size")))
+        parts = [_additive_shares(r, k), _additive_shares(r * r, k)]
+    elif fn == "binary":
+        a, b = random_ring(_size(params.get("size0"))), random_ring(_size(params.get("size1")))
+        parts = [_xor_shares(a, k), _xor_shares(b, k), _xor_shares(a & b, k)]
+    elif fn == "wraps":
+        from crypten.common.util import count_wraps
+
+        size = _size(params.get("size"))
+        r = [random_ring(size) for _ in range(k)]
+        theta = count_wraps(r)
+        parts = [r, _additive_shares(theta, k)]
+    elif fn == "B2A":
+        bit = random_ring(_size(params.get("size"))) & 1
+        parts = [_additive_shares(bit, k), _xor_shares(bit, k, bits=1)]
+    else:
+        raise WireError(f"unknown dealer function {fn!r}; known: {DEALER_FUNCTIONS}")
+    return [[p[i] for p in parts] for i in range(k)]
+
+
+class Dealer:
+    """Serves tuple requests from the parties of a deployment until stopped."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        if not deployment.dealer_endpoint or not deployment.dealer_public_key:
+            raise MpcAggError(f"{deployment.path} has no [dealer] section")
+        from mpc_agg.crypten_glue import import_crypten
+
+        import_crypten()
+        self.k = len(deployment.parties)
+        secret = read_secret_key(deployment.dealer_private_key_file, "the dealer")
+        self.sctx = SecureContext()
+        self.sock = self.sctx.server(
+            zmq.ROUTER, deployment.dealer_endpoint, public_key=deployment.dealer_public_key, secret_key=secret,
+            domain="dealer", allowed={p.public_key: f"party:{p.id}" for p in deployment.parties},
+        )
+        self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[bytes, Any, str]]] = (
+            collections.OrderedDict())
+        self._stop = False
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def serve(self) -> None:
+        log.info("event=start dealer parties=%d", self.k)
+        try:
+            while not self._stop:
+                if self.sock.poll(200, zmq.POLLIN):
+                    self._handle_one()
+        finally:
+            self.sctx.close()
+
+    def _handle_one(self) -> None:
+        try:
+            rid, identity, msg = recv_authenticated(self.sock)
+            if msg.type != MsgType.DEALER_REQUEST or not identity.startswith("party:"):
+                raise AuthError("the dealer only serves tuple requests from parties")
+            party = int(identity.split(":", 1)[1])
+            key = (require(msg.meta, "session", str), require(msg.meta, "seq", int))
+            request = (require(msg.meta, "fn", str), msg.meta.get("params"))
+            canon = repr(request)
+        except MpcAggError as exc:
+            log.warning("event=bad_request error=%s", exc)
+            return
+        slot = self.pending.setdefault(key, {})
+        slot[party] = (rid, msg.meta.get("rid"), canon)
+        while len(self.pending) > MAX_PENDING:
+            self.pending.popitem(last=False)
+        if len(slot) < self.k:
+            return
+        del self.pending[key]
+        canons = {c for _, _, c in slot.values()}
+        try:
+            if len(canons) != 1:
+                raise WireError("parties asked for different tuples under the same sequence number")
+            fn, params = request
+            shares = deal(fn, _obj_decode(params) if params is not None else {}, self.k)
+        except MpcAggError as exc:
+            for p, (r, req_id, _) in slot.items():
+                self.sock.send_multipart([r, *encode_message(MsgType.ERROR, {"code": exc.code, "message": str(exc),
+                                                                             "rid": req_id})])
+            return
+        for p, (r, req_id, _) in slot.items():
+            metas, payloads = zip(*(tensor_to_payload(t) for t in shares[p]))
+            self.sock.send_multipart([r, *encode_message(MsgType.DEALER_REPLY,
+                                                         {"rid": req_id, "tensors": list(metas)}, payloads)])
+
+
+def run_dealer(config: str) -> int:
+    dealer = Dealer(Deployment.load(config))
+    signal.signal(signal.SIGTERM, dealer.stop)
+    signal.signal(signal.SIGINT, dealer.stop)
+    dealer.serve()
+    return 0

@@ -1,0 +1,282 @@
+"""One aggregator party: accepts shares, agrees on the cohort with its peers, reveals its share of the sum.
+
+Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Party 0
+(the leader) receives each client's int64 share vector; helpers receive a
+32-byte seed and expand it (mpc_agg.sharing).  Each party keeps one running sum
+(O(d) memory) and spools each report's own share material to disk, so that a
+report that is missing at another party can be subtracted again at close time.
+
+Closing is the party-to-party protocol, run through the CrypTen ZeroMQ
+communicator (DESIGN.md §3 steps 6-8): exchange status (spec digest, floors,
+revealed flag) and report ids, keep the intersection, refuse below any floor or
+on a second reveal, and hand the coordinator only this party's share of the
+cohort's sum, held as a CrypTen ArithmeticSharedTensor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate, import_crypten
+from mpc_agg.errors import (
+    AlreadyRevealedError,
+    AuthError,
+    CohortTooSmallError,
+    DuplicateReportError,
+    MpcAggError,
+    RoundStateError,
+    SpecMismatchError,
+    UnknownClientError,
+    WireError,
+)
+from mpc_agg.sharing import SEED_BYTES, ShareContext, expand_seed
+from mpc_agg.spec import RoundSpec
+from mpc_agg.transport import Requester, SecureContext, recv_authenticated
+from mpc_agg.wire import Message, MsgType, encode_message, require
+
+__all__ = ["Party"]
+
+log = logging.getLogger("mpc_agg.party")
+
+
+@dataclass
+class _Round:
+    spec: RoundSpec
+    digest: str
+    dir: Path
+    total: np.ndarray
+    reports: dict[str, str] = field(default_factory=dict)  # report id (hex) -> client id
+    clients: set[str] = field(default_factory=set)
+    revealed: bool = False
+
+
+class Party:
+    """Party ``party_id`` of a deployment; ``serve()`` runs until ``stop()`` or SIGTERM."""
+
+    def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0) -> None:
+        self.dep = deployment
+        self.cfg = deployment.party(party_id)
+        self.id = party_id
+        self.k = len(deployment.parties)
+        self.is_leader = party_id == 0
+        self.peer_timeout_s = peer_timeout_s
+        secret = read_secret_key(self.cfg.private_key_file, f"party {party_id}")
+        self.sctx = SecureContext()
+        allowed = {c.public_key: f"client:{c.id}" for c in deployment.clients}
+        allowed[deployment.coordinator_public_key] = "coordinator"
+        self.sock = self.sctx.server(
+            zmq.ROUTER, self.cfg.client_endpoint, public_key=self.cfg.public_key, secret_key=secret,
+            domain="clients", allowed=allowed,
+        )
+        self.comm = ZmqCommunicator(
+            self.sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
+            public_keys=[p.public_key for p in deployment.parties], secret_key=secret, timeout_s=peer_timeout_s,
+        )
+        self.provider: DealerProvider | None = None
+        if deployment.dealer_endpoint and deployment.dealer_public_key:
+            dsock = self.sctx.client(zmq.DEALER, deployment.dealer_endpoint, public_key=self.cfg.public_key,
+                                     secret_key=secret, server_key=deployment.dealer_public_key)
+            self.provider = DealerProvider(Requester(dsock), rank=party_id, timeout_s=peer_timeout_s)
+        self.rounds: dict[int, _Round] = {}
+        self.seen_report_ids: set[str] = set()
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._stop = False
+        import_crypten()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def serve(self) -> None:
+        log.info("event=start party=%d endpoint=%s leader=%s", self.id, self.cfg.client_endpoint, self.is_leader)
+        try:
+            while not self._stop:
+                if self.sock.poll(200, zmq.POLLIN):
+                    self._handle_one()
+        finally:
+            log.info("event=stop party=%d", self.id)
+            deactivate()
+            self.sctx.close()
+
+    def _handle_one(self) -> None:
+        try:
+            rid, identity, msg = recv_authenticated(self.sock)
+        except WireError as exc:
+            log.warning("event=bad_frame party=%d error=%s", self.id, exc)
+            self._reply_error(getattr(exc, "routing_id", None), None, exc)
+            return
+        handler = {
+            MsgType.GET_SPEC: self._on_get_spec,
+            MsgType.OPEN_ROUND: self._on_open,
+            MsgType.REPORT: self._on_report,
+            MsgType.CLOSE_ROUND: self._on_close,
+            MsgType.STATUS: self._on_status,
+        }.get(msg.type)
+        try:
+            if handler is None:
+                raise WireError(f"message type {msg.type.name} is not served here")
+            mtype, meta, payloads = handler(identity, msg)
+        except MpcAggError as exc:
+            log.info("event=refused party=%d from=%s type=%s code=%s reason=%s",
+                     self.id, identity, msg.type.name, exc.code, exc)
+            self._reply_error(rid, msg.meta.get("rid"), exc)
+            return
+        meta["rid"] = msg.meta.get("rid")
+        self.sock.send_multipart([rid, *encode_message(mtype, meta, payloads)], copy=False)
+
+    def _reply_error(self, routing_id: bytes | None, req_id: Any, exc: MpcAggError) -> None:
+        if routing_id is None:
+            return
+        meta = {"code": exc.code, "message": str(exc), "rid": req_id, "party": self.id}
+        self.sock.send_multipart([routing_id, *encode_message(MsgType.ERROR, meta)])
+
+    # --- handlers ----------------------------------------------------------------------
+    def _round(self, meta: dict[str, Any]) -> _Round:
+        r = require(meta, "round", int)
+        if r not in self.rounds:
+            raise RoundStateError(f"party {self.id}: round {r} is not open")
+        return self.rounds[r]
+
+    def _on_status(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
+        rounds = {str(r): {"reports": len(st.reports), "revealed": st.revealed} for r, st in self.rounds.items()}
+        return MsgType.STATUS, {"party": self.id, "leader": self.is_leader, "rounds": rounds,
+                                "min_clients": self.cfg.min_clients}, []
+
+    def _on_get_spec(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
+        st = self._round(msg.meta)
+        return MsgType.SPEC, {"spec": st.spec.to_json(), "digest": st.digest, "party": self.id}, []
+
+    def _on_open(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
+        if identity != "coordinator":
+            raise AuthError("only the coordinator opens rounds")
+        spec = RoundSpec.from_json(require(msg.meta, "spec", dict))
+        digest = spec.digest()
+        existing = self.rounds.get(spec.round_id)
+        if existing is not None:
+            if existing.digest != digest:
+                raise RoundStateError(f"round {spec.round_id} is already open with a different spec")
+            return MsgType.OK, {"digest": digest}, []
+        rdir = self.cfg.state_dir / f"round-{spec.round_id}"
+        if (rdir / "revealed").exists():
+            raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
+        rdir.mkdir(parents=True, exist_ok=True)
+        self.rounds[spec.round_id] = _Round(spec, digest, rdir, np.zeros(spec.dim + 1, dtype=np.int64))
+        log.info("event=open party=%d round=%d dim=%d digest=%s", self.id, spec.round_id, spec.dim, digest[:16])
+        return MsgType.OK, {"digest": digest}, []
+
+    def _share_of(self, st: _Round, client: str, report_hex: str, material: bytes | memoryview) -> np.ndarray:
+        if self.is_leader:
+            return np.frombuffer(material, dtype="<i8").astype(np.int64, copy=False)
+        ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
+        return expand_seed(bytes(material), ctx, self.id, st.spec.dim + 1)
+
+    def _on_report(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
+        if not identity.startswith("client:"):
+            raise AuthError("only clients submit reports")
+        client = identity.split(":", 1)[1]
+        if require(msg.meta, "client", str) != client:
+            raise UnknownClientError(f"report claims client {msg.meta['client']!r} but comes from {client!r}")
+        st = self._round(msg.meta)
+        if st.revealed:
+            raise RoundStateError(f"round {st.spec.round_id} is closed")
+        if require(msg.meta, "spec_digest", str) != st.digest:
+            raise SpecMismatchError(f"report for round {st.spec.round_id} was made for a different spec")
+        report_hex = require(msg.meta, "report_id", str)
+        if len(report_hex) != 32 or any(c not in "0123456789abcdef" for c in report_hex):
+            raise WireError("report_id must be 16 bytes in lowercase hex")
+        if report_hex in self.seen_report_ids:
+            raise DuplicateReportError(f"report id {report_hex} was already used")
+        if client in st.clients:
+            raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
+        expected = 8 * (st.spec.dim + 1) if self.is_leader else SEED_BYTES
+        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != expected:
+            raise WireError(f"party {self.id} expects one payload of {expected} bytes")
+        material = msg.payloads[0]
+        share = self._share_of(st, client, report_hex, material)
+        with open(st.dir / f"{report_hex}.share", "wb") as f:
+            f.write(material)
+        np.add(st.total, share, out=st.total)
+        st.reports[report_hex] = client
+        st.clients.add(client)
+        self.seen_report_ids.add(report_hex)
+        log.info("event=report party=%d round=%d client=%s report=%s", self.id, st.spec.round_id, client, report_hex)
+        return MsgType.OK, {"report_id": report_hex}, []
+
+    def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
+        if identity != "coordinator":
+            raise AuthError("only the coordinator closes rounds")
+        r = require(msg.meta, "round", int)
+        session = require(msg.meta, "session", str)
+        st = self.rounds.get(r)
+        t0 = time.monotonic()
+        # Every party runs the agreement even when it will refuse, so that all refuse together.
+        activate(self.comm, self.provider, f"close:{r}:{session}")
+        status = torch.zeros(7, dtype=torch.int64)
+        if st is not None:
+            status[0] = 1
+            status[1] = int(st.revealed)
+            status[2] = self.cfg.min_clients
+            status[3:7] = torch.from_numpy(np.frombuffer(bytes.fromhex(st.digest), dtype=np.int64).copy())
+        statuses = self.comm.all_gather(status)
+        if any(int(s[0]) == 0 for s in statuses):
+            missing = [j for j, s in enumerate(statuses) if int(s[0]) == 0]
+            raise RoundStateError(f"round {r} is not open at parties {missing}")
+        if any(int(s[1]) for s in statuses):
+            raise AlreadyRevealedError(f"round {r} was already revealed")
+        if any(not torch.equal(s[3:7], statuses[0][3:7]) for s in statuses):
+            raise SpecMismatchError(f"parties hold different specs for round {r}: refusing to reveal")
+        if st is None:  # unreachable after the status check; keeps the type narrow
+            raise RoundStateError(f"round {r} is not open")
+        mine = sorted(st.reports)
+        ids = torch.from_numpy(np.frombuffer(b"".join(bytes.fromhex(h) for h in mine), dtype=np.int64).copy()
+                               if mine else np.zeros(0, dtype=np.int64))
+        counts = self.comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
+        width = 2 * max(int(c) for c in counts)
+        padded = torch.zeros(width, dtype=torch.int64)
+        padded[: ids.numel()] = ids
+        all_ids = self.comm.all_gather(padded)
+        sets = []
+        for j, t in enumerate(all_ids):
+            raw = t[: 2 * int(counts[j])].numpy().tobytes()
+            sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
+        cohort = sorted(set.intersection(*sets))
+        floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
+        if len(cohort) < floor:
+            raise CohortTooSmallError(
+                f"round {r}: {len(cohort)} reports are held by every party, the floor is {floor}; nothing revealed")
+        total = st.total.copy()
+        for h in set(st.reports) - set(cohort):  # reports some other party never got
+            material = (st.dir / f"{h}.share").read_bytes()
+            np.subtract(total, self._share_of(st, st.reports[h], h, material), out=total)
+        from crypten.mpc.primitives import ArithmeticSharedTensor
+
+        held = ArithmeticSharedTensor.from_shares(torch.from_numpy(total), precision=0)
+        st.revealed = True
+        (st.dir / "revealed").write_text(json.dumps({"cohort": cohort}))
+        clients = sorted(st.reports[h] for h in cohort)
+        log.info("event=reveal party=%d round=%d cohort=%d dropped=%d seconds=%.3f",
+                 self.id, r, len(cohort), len(st.reports) - len(cohort), time.monotonic() - t0)
+        share = held.share.numpy()
+        return MsgType.SUM_SHARE, {"round": r, "party": self.id, "cohort": cohort, "clients": clients}, [share.data]
+
+
+def run_party(config: str | os.PathLike[str], party_id: int) -> int:
+    """Entry point of ``mpc-agg party``: serve until SIGTERM/SIGINT, then exit 0."""
+    dep = Deployment.load(config)
+    party = Party(dep, party_id)
+    signal.signal(signal.SIGTERM, party.stop)
+    signal.signal(signal.SIGINT, party.stop)
+    party.serve()
+    return 0
