@@ -110,8 +110,11 @@ def decode_message(frames: Sequence[Any], *, max_payload: int = DEFAULT_MAX_PAYL
     meta_view = memoryview(frames[1])
     if meta_view.nbytes != meta_len:
         raise WireError(f"metadata is {meta_view.nbytes} bytes, header says {meta_len}")
+    raw = meta_view.tobytes()
+    if raw != raw.strip():
+        raise WireError("metadata has leading or trailing bytes")
     try:
-        meta = json.loads(meta_view.tobytes().decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"metadata is not UTF-8 JSON: {exc}") from None
     if not isinstance(meta, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 from mpc_agg.errors import MpcAggError
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.cmd in ("party", "dealer") else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.cmd in ("party", "dealer"):
+        # SIGTERM while still starting up (imports take seconds): exit cleanly at once.
+        # The serving loop replaces this with a handler that drains the current request.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.cmd == "keygen":
             from mpc_agg.config import generate_deployment

@@ -40,9 +40,12 @@ class LocalDeployment:
     def start_party(self, i: int) -> None:
         self._spawn(f"party-{i}", "party", "--id", str(i))
 
+    def start_dealer(self) -> None:
+        self._spawn("dealer", "dealer")
+
     def start(self) -> "LocalDeployment":
         if self.dealer:
-            self._spawn("dealer", "dealer")
+            self.start_dealer()
         for p in self.deployment.parties:
             self.start_party(p.id)
         return self
