@@ -1,0 +1,234 @@
+"""Plaintext FedAvg aggregator: the baseline that :mod:`benchmarks.overhead` compares against.
+
+Run as ``python -m benchmarks.plain_server --config deployment.toml --port P``
+from the repository root.  It uses the secure path's transport and process
+layout: one process with a CURVE ROUTER (:class:`mpc_agg.transport.SecureContext`)
+bound on loopback under party 0's key pair, admitting only the deployment's
+clients and coordinator by their CURVE keys, speaking the wire format of
+:mod:`mpc_agg.wire`.  What it does not do is secret sharing: clients upload
+their float64 update in the clear and the server keeps one float64 running sum
+per round (one round open at a time)::
+
+    OPEN_ROUND   coordinator  meta {round, dim}                       -> OK
+    REPORT       client       meta {round, client, weight},
+                              payload: dim little-endian float64      -> OK
+    CLOSE_ROUND  coordinator  meta {round}                            -> OK meta {clients, total_weight},
+                                                                         payload: the float64 weighted average
+
+:class:`PlainClient` and :class:`PlainCoordinator` are the two callers' sides.
+The server runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.errors import AuthError, DuplicateReportError, MpcAggError, RoundStateError, WireError
+from mpc_agg.transport import Requester, SecureContext, recv_authenticated
+from mpc_agg.wire import Message, MsgType, encode_message, require
+
+__all__ = ["PlainServer", "PlainClient", "PlainCoordinator", "main"]
+
+log = logging.getLogger("benchmarks.plain_server")
+
+Reply = tuple[MsgType, dict[str, Any], list[Any]]
+
+
+def endpoint(port: int) -> str:
+    """The plaintext server's loopback endpoint."""
+    return f"tcp://127.0.0.1:{port}"
+
+
+@dataclass
+class _PlainRound:
+    round_id: int
+    total: npt.NDArray[np.float64]
+    weight: float = 0.0
+    clients: set[str] = field(default_factory=set)
+
+
+class PlainServer:
+    """The aggregator process's state and loop; ``serve()`` runs until ``stop()``."""
+
+    def __init__(self, deployment: Deployment, port: int) -> None:
+        leader = deployment.party(0)
+        secret = read_secret_key(leader.private_key_file, "party 0")
+        allowed = {c.public_key: f"client:{c.id}" for c in deployment.clients}
+        allowed[deployment.coordinator_public_key] = "coordinator"
+        self.sctx = SecureContext()
+        self.sock = self.sctx.server(zmq.ROUTER, endpoint(port), public_key=leader.public_key, secret_key=secret,
+                                     domain="clients", allowed=allowed)
+        self.round: _PlainRound | None = None
+        self._stop = False
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def serve(self) -> None:
+        try:
+            while not self._stop:
+                if self.sock.poll(200, zmq.POLLIN):
+                    self._handle_one()
+        finally:
+            self.sctx.close()
+
+    def _handle_one(self) -> None:
+        try:
+            routing_id, identity, msg = recv_authenticated(self.sock)
+        except WireError as exc:
+            self._reply_error(getattr(exc, "routing_id", None), None, exc)
+            return
+        handlers = {MsgType.OPEN_ROUND: self._on_open, MsgType.REPORT: self._on_report,
+                    MsgType.CLOSE_ROUND: self._on_close}
+        try:
+            handler = handlers.get(msg.type)
+            if handler is None:
+                raise WireError(f"message type {msg.type.name} is not served here")
+            mtype, meta, payloads = handler(identity, msg)
+        except MpcAggError as exc:
+            log.info("event=refused from=%s type=%s reason=%s", identity, msg.type.name, exc)
+            self._reply_error(routing_id, msg.meta.get("rid"), exc)
+            return
+        meta["rid"] = msg.meta.get("rid")
+        self.sock.send_multipart([routing_id, *encode_message(mtype, meta, payloads)], copy=False)
+
+    def _reply_error(self, routing_id: bytes | None, req_id: Any, exc: MpcAggError) -> None:
+        if routing_id is not None:
+            meta = {"code": exc.code, "message": str(exc), "rid": req_id}
+            self.sock.send_multipart([routing_id, *encode_message(MsgType.ERROR, meta)])
+
+    def _open_round(self, meta: dict[str, Any]) -> _PlainRound:
+        r = require(meta, "round", int)
+        if self.round is None or self.round.round_id != r:
+            raise RoundStateError(f"round {r} is not open")
+        return self.round
+
+    def _on_open(self, identity: str, msg: Message) -> Reply:
+        if identity != "coordinator":
+            raise AuthError("only the coordinator opens rounds")
+        r = require(msg.meta, "round", int)
+        dim = require(msg.meta, "dim", int)
+        if dim < 1:
+            raise WireError("dim must be >= 1")
+        self.round = _PlainRound(r, np.zeros(dim, dtype=np.float64))
+        return MsgType.OK, {}, []
+
+    def _on_report(self, identity: str, msg: Message) -> Reply:
+        if not identity.startswith("client:"):
+            raise AuthError("only clients submit reports")
+        client = identity.split(":", 1)[1]
+        if require(msg.meta, "client", str) != client:
+            raise AuthError(f"report claims client {msg.meta['client']!r} but comes from {client!r}")
+        st = self._open_round(msg.meta)
+        weight = float(require(msg.meta, "weight", (int, float)))
+        if not (math.isfinite(weight) and weight > 0):
+            raise WireError("weight must be positive and finite")
+        if client in st.clients:
+            raise DuplicateReportError(f"client {client!r} already reported in round {st.round_id}")
+        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != st.total.nbytes:
+            raise WireError(f"expected one payload of {st.total.nbytes} bytes")
+        update = np.frombuffer(msg.payloads[0], dtype="<f8")
+        np.add(st.total, update * weight, out=st.total)
+        st.weight += weight
+        st.clients.add(client)
+        return MsgType.OK, {}, []
+
+    def _on_close(self, identity: str, msg: Message) -> Reply:
+        if identity != "coordinator":
+            raise AuthError("only the coordinator closes rounds")
+        st = self._open_round(msg.meta)
+        if not st.clients:
+            raise RoundStateError(f"round {st.round_id} has no reports")
+        self.round = None
+        average = st.total / st.weight
+        return MsgType.OK, {"clients": sorted(st.clients), "total_weight": st.weight}, [average.data]
+
+
+class PlainClient:
+    """One client's side: uploads its float64 update under its own CURVE key."""
+
+    def __init__(self, deployment: Deployment, client_id: str, port: int, *, timeout_s: float) -> None:
+        cfg = deployment.client(client_id)
+        secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
+        self.client_id = client_id
+        self.timeout_s = timeout_s
+        self.sctx = SecureContext()
+        self._req = Requester(self.sctx.client(zmq.DEALER, endpoint(port), public_key=cfg.public_key,
+                                               secret_key=secret, server_key=deployment.party(0).public_key))
+
+    def submit(self, round_id: int, update: npt.NDArray[np.float64], *, weight: float = 1.0) -> None:
+        x = np.ascontiguousarray(update, dtype="<f8")
+        meta = {"round": round_id, "client": self.client_id, "weight": weight}
+        self._req.request(MsgType.REPORT, meta, [x.data], timeout_s=self.timeout_s, what="plaintext server")
+
+    def close(self) -> None:
+        self.sctx.close()
+
+    def __enter__(self) -> "PlainClient":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class PlainCoordinator:
+    """The coordinator's side: opens a round and gets the average back."""
+
+    def __init__(self, deployment: Deployment, port: int) -> None:
+        secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
+        self.sctx = SecureContext()
+        self._req = Requester(self.sctx.client(zmq.DEALER, endpoint(port), public_key=deployment.coordinator_public_key,
+                                               secret_key=secret, server_key=deployment.party(0).public_key))
+
+    def open_round(self, round_id: int, dim: int, *, timeout_s: float) -> None:
+        self._req.request(MsgType.OPEN_ROUND, {"round": round_id, "dim": dim}, timeout_s=timeout_s,
+                          what="plaintext server")
+
+    def close_round(self, round_id: int, *, timeout_s: float) -> tuple[npt.NDArray[np.float64], float]:
+        """(weighted average, total weight) of the round."""
+        msg = self._req.request(MsgType.CLOSE_ROUND, {"round": round_id}, timeout_s=timeout_s,
+                                what="plaintext server")
+        if len(msg.payloads) != 1:
+            raise WireError("the plaintext server sent a malformed average")
+        return np.frombuffer(msg.payloads[0], dtype="<f8").copy(), float(msg.meta["total_weight"])
+
+    def close(self) -> None:
+        self.sctx.close()
+
+    def __enter__(self) -> "PlainCoordinator":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.plain_server", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="the deployment.toml whose keys to use")
+    p.add_argument("--port", type=int, required=True, help="loopback TCP port to bind")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    log.info("event=start file=%s port=%d", Path(__file__).resolve(), args.port)
+    server = PlainServer(Deployment.load(args.config), args.port)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    server.serve()
+    log.info("event=stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
