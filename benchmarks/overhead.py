@@ -31,7 +31,11 @@ metadata, payloads), including the secure client's GET_SPEC request to each
 party; they exclude ZMTP framing and CURVE boxes (about 40 bytes per frame)
 and TCP/IP headers.  Stage times are what can be seen from outside the
 parties: open, uploads (all clients), one client's submit, close, and the
-parties' own agreement time within close, read from their ``event=reveal`` logs.
+parties' own agreement time within close, read from their ``event=reveal`` logs,
+and the CPU seconds (user + system, via psutil) each process used per round:
+on a small machine, CPU is what the processes compete for.  "Client send" is
+one submit minus encode+share timed alone, so it also holds the slowdown of
+encode+share when n client threads and the parties share the cores.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
+import psutil
 
 import mpc_agg
 from fl_client import SecureAggClient
@@ -165,7 +170,8 @@ def measure_client_shard(x: npt.NDArray[np.float64], parties: int, frac_bits: in
                          ) -> tuple[list[float], npt.NDArray[np.int64], list[bytes]]:
     """Seconds of encode+split of ``x`` (weight 1) over SHARD_SAMPLES runs, and the last leader share and seeds."""
     times: list[float] = []
-    leader, seeds = np.zeros(0, dtype=np.int64), []
+    leader: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+    seeds: list[bytes] = []
     for _ in range(SHARD_SAMPLES):
         t0 = time.perf_counter()
         ring = encode(np.append(x * 1.0, 1.0), frac_bits)
@@ -212,6 +218,19 @@ def party_rss(ld: LocalDeployment) -> dict[str, list[int]]:
     pids = [ld.procs[f"party-{p.id}"].pid for p in ld.deployment.parties]
     return {"peak": [_proc_status_bytes(pid, "VmHWM") for pid in pids],
             "current": [_proc_status_bytes(pid, "VmRSS") for pid in pids]}
+
+
+def cpu_seconds(procs: Mapping[str, psutil.Process]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process (clients and coordinator) and by ``procs``."""
+    out = {"clients+coordinator": time.process_time()}
+    for name, proc in procs.items():
+        t = proc.cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
+def _cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
 
 
 def party_agreement_s(log_dir: Path, parties: int, round_id: int) -> float | None:
@@ -267,8 +286,20 @@ def make_updates(clients: int, dim: int, seed: int) -> npt.NDArray[np.float64]:
     return np.random.default_rng(seed).normal(0.0, 0.01, size=(clients, dim))
 
 
+@dataclass(frozen=True)
+class MainRun:
+    """What :func:`run_main` measured; ``cpu`` holds one per-process CPU-seconds dict per round and kind."""
+
+    secure: list[RoundTiming]
+    plaintext: list[RoundTiming]
+    cpu: dict[str, list[dict[str, float]]]
+    agreement_s: list[float]
+    max_abs_error: dict[str, float]
+    rss: dict[str, list[int]]
+
+
 def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repeat: int,
-             timeout_s: float) -> dict[str, Any]:
+             timeout_s: float) -> MainRun:
     """Warm-up, then ``repeat`` alternating secure/plaintext rounds; timings, errors and party RSS."""
     n, dim = updates.shape
     min_clients = min(3, n)
@@ -291,13 +322,21 @@ def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repe
             print(f"  {parties} parties + dealer + plaintext server up in {time.perf_counter() - t0:.1f} s", flush=True)
             secure_round(coord, clients, pool, 0, updates, min_clients, timeout_s)
             plain_round(pcoord, pclients, pool, 0, updates, timeout_s)
+            procs = {name: psutil.Process(p.pid) for name, p in ld.procs.items()}
+            procs["plain-server"] = psutil.Process(plain.proc.pid)
             secure: list[RoundTiming] = []
             plaintext: list[RoundTiming] = []
+            cpu: dict[str, list[dict[str, float]]] = {"secure": [], "plaintext": []}
             agreement: list[float] = []
             errors = {"secure": 0.0, "plaintext": 0.0}
             for r in range(1, repeat + 1):
+                c0 = cpu_seconds(procs)
                 st, result = secure_round(coord, clients, pool, r, updates, min_clients, timeout_s)
+                c1 = cpu_seconds(procs)
                 pt, average, weight = plain_round(pcoord, pclients, pool, r, updates, timeout_s)
+                c2 = cpu_seconds(procs)
+                cpu["secure"].append(_cpu_delta(c0, c1))
+                cpu["plaintext"].append(_cpu_delta(c1, c2))
                 errors["secure"] = max(errors["secure"], check_average(
                     "secure", result.average[NAME].numpy(), result.total_weight, expected, n, tolerance))
                 errors["plaintext"] = max(errors["plaintext"], check_average(
@@ -312,7 +351,7 @@ def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repe
     except BaseException:
         print_log_tails(ld.log_dir)
         raise
-    return {"secure": secure, "plaintext": plaintext, "agreement_s": agreement, "max_abs_error": errors, "rss": rss}
+    return MainRun(secure, plaintext, cpu, agreement, errors, rss)
 
 
 def run_rss(workdir: Path, clients: int, dim: int, parties: int, timeout_s: float) -> dict[str, list[int]]:
@@ -353,8 +392,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         for n in rss_clients:
             print(f"RSS run: {n} clients", flush=True)
             rss_runs[n] = run_rss(Path(tmp) / f"rss-{n}", n, dim, parties, timeout_s)
-    secure: list[RoundTiming] = main["secure"]
-    plaintext: list[RoundTiming] = main["plaintext"]
+    secure, plaintext = main.secure, main.plaintext
     shard_med = statistics.median(shard_s)
     sec_total = [t.total_s for t in secure]
     pl_total = [t.total_s for t in plaintext]
@@ -369,12 +407,14 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "secure_client_submit_s": sec_submit,
         "secure_client_send_s": [s - shard_med for s in sec_submit],
         "secure_close_s": [t.close_s for t in secure],
-        "secure_close_party_agreement_s": main["agreement_s"],
+        "secure_close_party_agreement_s": main.agreement_s,
         "plaintext_open_s": [t.open_s for t in plaintext],
         "plaintext_uploads_s": [t.uploads_s for t in plaintext],
         "plaintext_client_submit_s": [s for t in plaintext for s in t.submit_s],
         "plaintext_close_s": [t.close_s for t in plaintext],
     }
+    cpu_med = {kind: {name: statistics.median([d[name] for d in deltas]) for name in deltas[0]}
+               for kind, deltas in main.cpu.items()}
     stages = {
         "secure": {
             "open_s": statistics.median(samples["secure_open_s"]),
@@ -383,13 +423,15 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
             "client_encode_share_s": shard_med,
             "client_send_s": statistics.median(samples["secure_client_send_s"]),
             "close_s": statistics.median(samples["secure_close_s"]),
-            "close_party_agreement_s": (statistics.median(main["agreement_s"]) if main["agreement_s"] else None),
+            "close_party_agreement_s": statistics.median(main.agreement_s) if main.agreement_s else None,
+            "cpu_s": cpu_med["secure"],
         },
         "plaintext": {
             "open_s": statistics.median(samples["plaintext_open_s"]),
             "uploads_s": statistics.median(samples["plaintext_uploads_s"]),
             "client_submit_s": statistics.median(samples["plaintext_client_submit_s"]),
             "close_s": statistics.median(samples["plaintext_close_s"]),
+            "cpu_s": cpu_med["plaintext"],
         },
     }
     return {
@@ -399,12 +441,12 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "client_shard_ms": 1e3 * shard_med,
         "upload_bytes_per_client": upload["secure_total"],
         "upload_bytes": upload,
-        "party_peak_rss_bytes": max(main["rss"]["peak"]),
-        "party_peak_rss_by_party": main["rss"]["peak"],
+        "party_peak_rss_bytes": max(main.rss["peak"]),
+        "party_peak_rss_by_party": main.rss["peak"],
         "rss_by_clients": {str(n): max(r["peak"]) for n, r in rss_runs.items()},
         "rss_detail_by_clients": {str(n): r for n, r in rss_runs.items()},
         "stages": stages,
-        "max_abs_error": main["max_abs_error"],
+        "max_abs_error": main.max_abs_error,
         "samples": samples,
         "params": {"clients": clients, "dim": dim, "parties": parties, "repeat": repeat,
                    "rss_clients": list(rss_clients), "frac_bits": DEFAULT_FRAC_BITS,
@@ -445,6 +487,10 @@ def print_report(rep: dict[str, Any]) -> None:
     row("  uploads, all clients concurrently (s)", s["plaintext_uploads_s"])
     row("  one client's submit (s)", s["plaintext_client_submit_s"])
     row("  close: average back (s)", s["plaintext_close_s"])
+    cpu = {kind: rep["stages"][kind]["cpu_s"] for kind in ("secure", "plaintext")}
+    print(f"{'CPU seconds per round, median':44s}{'secure':>10s}{'plaintext':>10s}")
+    for name in cpu["secure"]:
+        print(f"  {name:42s}{cpu['secure'][name]:10.3f}{cpu['plaintext'][name]:10.3f}")
     up = rep["upload_bytes"]
     print(f"upload per client: secure {up['secure_total']:,} B (leader report {up['secure_leader_report']:,} + "
           f"{p['parties'] - 1} x helper report {up['secure_helper_report_each']:,} + {p['parties']} x GET_SPEC "

@@ -138,7 +138,7 @@ class PlainServer:
             raise WireError("weight must be positive and finite")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.round_id}")
-        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != st.total.nbytes:
+        if len(msg.payloads) != 1 or memoryview(msg.payloads[0]).nbytes != st.total.nbytes:
             raise WireError(f"expected one payload of {st.total.nbytes} bytes")
         update = np.frombuffer(msg.payloads[0], dtype="<f8")
         np.add(st.total, update * weight, out=st.total)

@@ -18,8 +18,9 @@ import numpy as np
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.errors import ConfigError, EncodingError, SpecMismatchError
-from mpc_agg.fixedpoint import encode
+from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
+from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError
+from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, split
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
@@ -50,13 +51,32 @@ def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
 
 
 class SecureAggClient:
-    """One client of a deployment, authenticated by its own CURVE key."""
+    """One client of a deployment, authenticated by its own CURVE key.
 
-    def __init__(self, deployment: Deployment, client_id: str, *, timeout_s: float = 30.0) -> None:
+    Privacy floors are the client's own (keyword arguments, else its
+    ``[[clients]]`` entry): ``submit`` refuses a round whose noise multiplier is
+    below ``min_noise_multiplier``, or that would raise this client's own
+    epsilon (at ``delta``, kept in ``ledger_path`` if given) above ``max_epsilon``.
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        client_id: str,
+        *,
+        timeout_s: float = 30.0,
+        min_noise_multiplier: float | None = None,
+        max_epsilon: float | None = None,
+        delta: float | None = None,
+        ledger_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         cfg = deployment.client(client_id)
         secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
         self.client_id = client_id
         self.timeout_s = timeout_s
+        self.min_noise_multiplier = cfg.min_noise_multiplier if min_noise_multiplier is None else min_noise_multiplier
+        self.max_epsilon = cfg.max_epsilon if max_epsilon is None else max_epsilon
+        self.ledger = PrivacyLedger.open(ledger_path, delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
         self._req = [
@@ -100,8 +120,7 @@ class SecureAggClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
         spec = self.fetch_spec(round_id)
-        if spec.noise_multiplier > 0:
-            raise ConfigError("noise_multiplier > 0 is not supported by this client yet")
+        event = self._check_privacy(spec, weight)
         x = flatten_update(spec, update)
         if not np.all(np.isfinite(x)):
             raise EncodingError("update contains NaN or infinite values")
@@ -109,7 +128,10 @@ class SecureAggClient:
             norm = float(np.linalg.norm(x))
             if norm > spec.clip_norm:
                 x = x * (spec.clip_norm / norm)
-        ring = encode(np.append(x * weight, weight), spec.frac_bits)
+        if event is None:
+            ring = encode(np.append(x * weight, weight), spec.frac_bits)
+        else:
+            ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
         report_id = os.urandom(16)
         leader, seeds = split(ring, len(self._req), ShareContext(round_id, self.client_id, report_id))
         meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
@@ -120,4 +142,39 @@ class SecureAggClient:
         rids.append((self._req[0], self._req[0].send(MsgType.REPORT, meta, [leader.data])))
         for i, (r, rid) in enumerate(rids):
             r.wait(rid, deadline, "party")
+        if event is not None:
+            self.ledger.record(round_id, event)
         return report_id.hex()
+
+    def _check_privacy(self, spec: RoundSpec, weight: float) -> SkellamRound | None:
+        """Apply this client's own floors; returns the round's DP event (None when un-noised)."""
+        if spec.noise_multiplier < self.min_noise_multiplier:
+            raise NoiseFloorError(f"round {spec.round_id} has noise multiplier {spec.noise_multiplier}, below this "
+                                  f"client's floor {self.min_noise_multiplier}")
+        if spec.noise_multiplier == 0:
+            if self.max_epsilon is not None:
+                raise NoiseFloorError(f"round {spec.round_id} adds no noise; this client caps epsilon at "
+                                      f"{self.max_epsilon}")
+            return None
+        if weight != 1.0:
+            raise ConfigError("noised rounds need weight=1.0 (the DP sensitivity is clip_norm per client)")
+        if spec.clip_norm is None:
+            raise ConfigError("noised rounds need clip_norm")
+        event = SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
+        if self.max_epsilon is not None:
+            eps = self.ledger.epsilon_with(event)
+            if eps > self.max_epsilon:
+                raise NoiseFloorError(f"round {spec.round_id} would raise this client's epsilon to {eps:.4g} > "
+                                      f"{self.max_epsilon} (delta={self.ledger.delta:g})")
+        return event
+
+    @staticmethod
+    def _noised(x: np.ndarray, event: SkellamRound, *, clipped: bool) -> np.ndarray:
+        """Scale, randomly round (conditioned on the norm bound) and add this client's Skellam share."""
+        rng = csprng()
+        bound = rounded_norm_bound(event.clip_norm * event.scale, event.dim) if clipped else math.inf
+        ints = randomized_round(x * event.scale, bound, rng)
+        ints += skellam_noise(event.client_variance, x.size, rng)
+        if ints.size and int(np.max(np.abs(ints))) >= 2 ** (63 - HEADROOM_BITS):
+            raise RangeError("noised update would wrap the ring: lower frac_bits")
+        return ints

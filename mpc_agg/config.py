@@ -36,9 +36,14 @@ class PartyConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
+    """A client's entry; the privacy fields are the client's own floor, not the coordinator's."""
+
     id: str
     public_key: str
     private_key_file: Path | None
+    min_noise_multiplier: float = 0.0
+    max_epsilon: float | None = None
+    delta: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class Deployment:
                     id=str(c["id"]),
                     public_key=_check_key(str(c["public_key"])),
                     private_key_file=keyfile(c.get("private_key_file")),
+                    min_noise_multiplier=float(c.get("min_noise_multiplier", 0.0)),
+                    max_epsilon=None if c.get("max_epsilon") is None else float(c["max_epsilon"]),
+                    delta=float(c.get("delta", 1e-5)),
                 )
                 for c in raw.get("clients", [])
             )

@@ -22,6 +22,8 @@ __all__ = [
     "AlreadyRevealedError",
     "AggregationTimeout",
     "CommunicatorError",
+    "BudgetExceededError",
+    "NoiseFloorError",
     "error_from_code",
 ]
 
@@ -104,6 +106,18 @@ class AlreadyRevealedError(RefusedError):
     code = "already_revealed"
 
 
+class BudgetExceededError(MpcAggError):
+    """The next round would push epsilon past the configured privacy budget."""
+
+    code = "budget_exceeded"
+
+
+class NoiseFloorError(RefusedError):
+    """A round's noise is below what this client accepts (its own floor), or would exceed its max epsilon."""
+
+    code = "noise_floor"
+
+
 class AggregationTimeout(MpcAggError):
     """A party or peer did not answer within the timeout."""
 
@@ -122,7 +136,7 @@ _BY_CODE = {
         MpcAggError, ConfigError, EncodingError, RangeError, WireError, AuthError,
         RefusedError, SpecMismatchError, UnknownClientError, DuplicateReportError,
         RoundStateError, CohortTooSmallError, AlreadyRevealedError,
-        AggregationTimeout, CommunicatorError,
+        AggregationTimeout, CommunicatorError, BudgetExceededError, NoiseFloorError,
     )
 }
 

@@ -13,14 +13,15 @@ import os
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
+from mpc_agg.dp import PrivacyLedger, SkellamRound
+from mpc_agg.errors import MpcAggError, RefusedError, WireError
 from mpc_agg.fixedpoint import decode
 from mpc_agg.sharing import reconstruct
 from mpc_agg.spec import RoundSpec
@@ -42,13 +43,32 @@ class RoundResult:
     total_weight: float
     report_ids: tuple[str, ...]
     seconds: float
+    epsilon: float | None = None
+    """epsilon so far (the ledger's composition up to this round) at ``delta``; None when un-noised."""
+    delta: float | None = None
+
+
+def _dp_event(spec: RoundSpec) -> SkellamRound | None:
+    if spec.noise_multiplier == 0 or spec.clip_norm is None:
+        return None
+    return SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
 
 
 class Coordinator:
     """Opens and closes rounds; a context manager that closes its sockets."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        ledger_path: str | os.PathLike[str] | None = None,
+        delta: float = 1e-5,
+        epsilon_budget: float | None = None,
+    ) -> None:
+        """``ledger_path`` keeps the privacy ledger across restarts; ``epsilon_budget`` stops noised
+        rounds (BudgetExceededError at ``open_round``) once the next one would exceed it at ``delta``."""
         self.dep = deployment
+        self.ledger = PrivacyLedger.open(ledger_path, delta=delta, budget=epsilon_budget)
         secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
         self.sctx = SecureContext()
         self._req = [
@@ -59,8 +79,8 @@ class Coordinator:
         self.specs: dict[int, RoundSpec] = {}
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str]) -> "Coordinator":
-        return cls(Deployment.load(path))
+    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Coordinator":
+        return cls(Deployment.load(path), **kwargs)
 
     def close(self) -> None:
         self.sctx.close()
@@ -100,6 +120,9 @@ class Coordinator:
         """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
                                 noise_multiplier=noise_multiplier, frac_bits=frac_bits)
+        event = _dp_event(spec)
+        if event is not None:
+            self.ledger.check(round_id, event)
         self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
         self.specs[round_id] = spec
         log.info("event=open round=%d dim=%d", round_id, spec.dim)
@@ -133,8 +156,11 @@ class Coordinator:
             out[name] = torch.from_numpy(avg[off:off + n].reshape(shape).copy())
             off += n
         clients = tuple(answers[0].meta.get("clients", ()))
+        event = _dp_event(spec)
+        epsilon = None if event is None else self.ledger.record(round_id, event)
         log.info("event=reveal round=%d clients=%d", round_id, len(clients))
-        return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0)
+        return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
+                           epsilon, None if event is None else self.ledger.delta)
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""
