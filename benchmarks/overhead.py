@@ -128,7 +128,8 @@ def _run_concurrently(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], obj
 
 
 def secure_round(coord: Coordinator, clients: Sequence[SecureAggClient], pool: ThreadPoolExecutor, round_id: int,
-                 updates: npt.NDArray[np.float64], min_clients: int, timeout_s: float) -> tuple[RoundTiming, RoundResult]:
+                 updates: npt.NDArray[np.float64], min_clients: int, timeout_s: float
+                 ) -> tuple[RoundTiming, RoundResult]:
     """open_round → every client's submit, concurrently → close_round."""
     t0 = time.perf_counter()
     coord.open_round(round_id, shapes={NAME: (updates.shape[1],)}, min_clients=min_clients, timeout_s=timeout_s)
@@ -387,12 +388,12 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
     upload = upload_bytes(spec, leader, seeds, updates[0])
     with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
         print(f"main run: {clients} clients, {parties} parties, d={dim:,}, {repeat} repeats", flush=True)
-        main = run_main(Path(tmp) / "main", updates, parties, repeat, timeout_s)
+        measured = run_main(Path(tmp) / "main", updates, parties, repeat, timeout_s)
         rss_runs = {}
         for n in rss_clients:
             print(f"RSS run: {n} clients", flush=True)
             rss_runs[n] = run_rss(Path(tmp) / f"rss-{n}", n, dim, parties, timeout_s)
-    secure, plaintext = main.secure, main.plaintext
+    secure, plaintext = measured.secure, measured.plaintext
     shard_med = statistics.median(shard_s)
     sec_total = [t.total_s for t in secure]
     pl_total = [t.total_s for t in plaintext]
@@ -407,14 +408,14 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "secure_client_submit_s": sec_submit,
         "secure_client_send_s": [s - shard_med for s in sec_submit],
         "secure_close_s": [t.close_s for t in secure],
-        "secure_close_party_agreement_s": main.agreement_s,
+        "secure_close_party_agreement_s": measured.agreement_s,
         "plaintext_open_s": [t.open_s for t in plaintext],
         "plaintext_uploads_s": [t.uploads_s for t in plaintext],
         "plaintext_client_submit_s": [s for t in plaintext for s in t.submit_s],
         "plaintext_close_s": [t.close_s for t in plaintext],
     }
     cpu_med = {kind: {name: statistics.median([d[name] for d in deltas]) for name in deltas[0]}
-               for kind, deltas in main.cpu.items()}
+               for kind, deltas in measured.cpu.items()}
     stages = {
         "secure": {
             "open_s": statistics.median(samples["secure_open_s"]),
@@ -423,7 +424,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
             "client_encode_share_s": shard_med,
             "client_send_s": statistics.median(samples["secure_client_send_s"]),
             "close_s": statistics.median(samples["secure_close_s"]),
-            "close_party_agreement_s": statistics.median(main.agreement_s) if main.agreement_s else None,
+            "close_party_agreement_s": statistics.median(measured.agreement_s) if measured.agreement_s else None,
             "cpu_s": cpu_med["secure"],
         },
         "plaintext": {
@@ -441,12 +442,12 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "client_shard_ms": 1e3 * shard_med,
         "upload_bytes_per_client": upload["secure_total"],
         "upload_bytes": upload,
-        "party_peak_rss_bytes": max(main.rss["peak"]),
-        "party_peak_rss_by_party": main.rss["peak"],
+        "party_peak_rss_bytes": max(measured.rss["peak"]),
+        "party_peak_rss_by_party": measured.rss["peak"],
         "rss_by_clients": {str(n): max(r["peak"]) for n, r in rss_runs.items()},
         "rss_detail_by_clients": {str(n): r for n, r in rss_runs.items()},
         "stages": stages,
-        "max_abs_error": main.max_abs_error,
+        "max_abs_error": measured.max_abs_error,
         "samples": samples,
         "params": {"clients": clients, "dim": dim, "parties": parties, "repeat": repeat,
                    "rss_clients": list(rss_clients), "frac_bits": DEFAULT_FRAC_BITS,
@@ -495,8 +496,9 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"upload per client: secure {up['secure_total']:,} B (leader report {up['secure_leader_report']:,} + "
           f"{p['parties'] - 1} x helper report {up['secure_helper_report_each']:,} + {p['parties']} x GET_SPEC "
           f"{up['secure_get_spec_each']:,}); plaintext {up['plaintext_total']:,} B")
-    print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): max {_mib(rep['party_peak_rss_bytes'])}"
-          f" (by party: {', '.join(_mib(b) for b in rep['party_peak_rss_by_party'])})")
+    by_party = ", ".join(_mib(b) for b in rep["party_peak_rss_by_party"])
+    print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): "
+          f"max {_mib(rep['party_peak_rss_bytes'])} (by party: {by_party})")
     for n, d in rep["rss_detail_by_clients"].items():
         print(f"party peak RSS, fresh deployment, 1 round, n={n}: max {_mib(max(d['peak']))} "
               f"(by party: {', '.join(_mib(b) for b in d['peak'])}; idle before: "

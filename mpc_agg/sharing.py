@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import EncodingError
 from .wire import PROTOCOL_VERSION
 
-__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "split", "reconstruct"]
+__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "split", "reconstruct"]
 
 SEED_BYTES = 32
 
@@ -49,19 +50,42 @@ class ShareContext:
         )
 
 
-def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int) -> npt.NDArray[np.int64]:
-    """Expand a helper seed into ``length`` pseudo-random int64 ring elements."""
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+
+
+def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
+    """Yield (element offset, int64 view) chunks of the share keystream; views are reused between chunks."""
     if len(seed) != SEED_BYTES:
         raise EncodingError(f"seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if length < 0:
         raise EncodingError("length must be >= 0")
     key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=ctx.info(party)).derive(seed)
     enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
+    buf = bytearray(_CHUNK + 15)  # update_into needs block_size - 1 spare bytes
+    zeros = memoryview(_ZEROS)
     nbytes = 8 * length
-    out = bytearray(nbytes + 15)  # update_into needs block_size - 1 spare bytes
-    n = enc.update_into(bytes(nbytes), out)
-    arr = np.frombuffer(out, dtype="<i8", count=n // 8)
-    return arr.astype(np.int64, copy=False)
+    for start in range(0, nbytes, _CHUNK):
+        n = min(_CHUNK, nbytes - start)
+        enc.update_into(zeros[:n], buf)
+        yield start // 8, np.frombuffer(buf, dtype="<i8", count=n // 8)
+
+
+def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int) -> npt.NDArray[np.int64]:
+    """Expand a helper seed into ``length`` pseudo-random int64 ring elements."""
+    out = np.empty(length, dtype=np.int64)
+    for off, ks in _keystream(seed, ctx, party, length):
+        out[off:off + ks.size] = ks
+    return out
+
+
+def accumulate_seed(total: npt.NDArray[np.int64], seed: bytes, ctx: ShareContext, party: int, *,
+                    subtract: bool = False) -> None:
+    """``total += share`` (or ``-=``) for the share a seed expands to, without materialising it."""
+    op = np.subtract if subtract else np.add
+    for off, ks in _keystream(seed, ctx, party, total.size):
+        view = total[off:off + ks.size]
+        op(view, ks, out=view)
 
 
 def split(
@@ -75,7 +99,7 @@ def split(
     seeds = [os.urandom(SEED_BYTES) for _ in range(parties - 1)]
     leader = x.copy()
     for j, seed in enumerate(seeds, start=1):
-        np.subtract(leader, expand_seed(seed, ctx, j, x.size), out=leader)
+        accumulate_seed(leader, seed, ctx, j, subtract=True)
     return leader, seeds
 
 

@@ -41,7 +41,7 @@ from mpc_agg.errors import (
     UnknownClientError,
     WireError,
 )
-from mpc_agg.sharing import SEED_BYTES, ShareContext, expand_seed
+from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext, recv_authenticated
 from mpc_agg.wire import Message, MsgType, encode_message, require
@@ -176,11 +176,15 @@ class Party:
         log.info("event=open party=%d round=%d dim=%d digest=%s", self.id, spec.round_id, spec.dim, digest[:16])
         return MsgType.OK, {"digest": digest}, []
 
-    def _share_of(self, st: _Round, client: str, report_hex: str, material: bytes | memoryview) -> np.ndarray:
+    def _accumulate(self, st: _Round, client: str, report_hex: str, material: bytes | memoryview, *,
+                    subtract: bool = False) -> None:
+        """Add (or subtract) one report's share to the round's running sum."""
         if self.is_leader:
-            return np.frombuffer(material, dtype="<i8").astype(np.int64, copy=False)
-        ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
-        return expand_seed(bytes(material), ctx, self.id, st.spec.dim + 1)
+            share = np.frombuffer(material, dtype="<i8")
+            (np.subtract if subtract else np.add)(st.total, share, out=st.total)
+        else:
+            ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
+            accumulate_seed(st.total, bytes(material), ctx, self.id, subtract=subtract)
 
     def _on_report(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if not identity.startswith("client:"):
@@ -204,10 +208,9 @@ class Party:
         if len(msg.payloads) != 1 or msg.payloads[0].nbytes != expected:
             raise WireError(f"party {self.id} expects one payload of {expected} bytes")
         material = msg.payloads[0]
-        share = self._share_of(st, client, report_hex, material)
         with open(st.dir / f"{report_hex}.share", "wb") as f:
             f.write(material)
-        np.add(st.total, share, out=st.total)
+        self._accumulate(st, client, report_hex, material)
         st.reports[report_hex] = client
         st.clients.add(client)
         self.seen_report_ids.add(report_hex)
@@ -256,15 +259,16 @@ class Party:
         if len(cohort) < floor:
             raise CohortTooSmallError(
                 f"round {r}: {len(cohort)} reports are held by every party, the floor is {floor}; nothing revealed")
-        total = st.total.copy()
         for h in set(st.reports) - set(cohort):  # reports some other party never got
-            material = (st.dir / f"{h}.share").read_bytes()
-            np.subtract(total, self._share_of(st, st.reports[h], h, material), out=total)
+            self._accumulate(st, st.reports[h], h, (st.dir / f"{h}.share").read_bytes(), subtract=True)
         from crypten.mpc.primitives import ArithmeticSharedTensor
 
-        held = ArithmeticSharedTensor.from_shares(torch.from_numpy(total), precision=0)
+        held = ArithmeticSharedTensor.from_shares(torch.from_numpy(st.total), precision=0)
         st.revealed = True
         (st.dir / "revealed").write_text(json.dumps({"cohort": cohort}))
+        st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
+        for h in st.reports:
+            (st.dir / f"{h}.share").unlink(missing_ok=True)
         clients = sorted(st.reports[h] for h in cohort)
         log.info("event=reveal party=%d round=%d cohort=%d dropped=%d seconds=%.3f",
                  self.id, r, len(cohort), len(st.reports) - len(cohort), time.monotonic() - t0)

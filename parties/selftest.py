@@ -1,4 +1,4 @@
-"""``mpc-agg demo``: one secure round on loopback, checked against plaintext FedAvg."""
+"""``mpc-agg selftest``: one secure round on loopback, checked against plaintext FedAvg."""
 
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 from .coordinator import Coordinator
 from .launcher import LocalDeployment
 
-__all__ = ["run_demo"]
+__all__ = ["run_selftest"]
 
 
 def _step(msg: str) -> None:
     print(f"  • {msg}", flush=True)
 
 
-def run_demo(*, parties: int = 3, clients: int = 5, dim: int = 100_000, workdir: str | None = None) -> int:
+def run_selftest(*, parties: int = 3, clients: int = 5, dim: int = 100_000, workdir: str | None = None) -> int:
     """Run k party processes + dealer, n clients, one round; return 0 if the check passes."""
     tmp = None
     if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mpc-agg-demo-")
+        tmp = tempfile.TemporaryDirectory(prefix="mpc-agg-selftest-")
         workdir = tmp.name
-    print(f"mpc-agg demo: {parties} parties, {clients} clients, {dim:,} parameters, all on loopback")
+    print(f"mpc-agg selftest: {parties} parties, {clients} clients, {dim:,} parameters, all on loopback")
     try:
         t0 = time.monotonic()
         with LocalDeployment(workdir, parties=parties, clients=clients, min_clients=min(3, clients)) as ld:
