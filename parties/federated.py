@@ -41,10 +41,10 @@ class FedConfig:
     workdir: str
     clients: int = 4
     parties: int = 3
-    rounds: int = 6
-    local_steps: int = 25
-    batch_size: int = 16
-    lr: float = 3e-3
+    rounds: int = 8
+    local_steps: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
     max_length: int = 64
     lora: bool = False
     lora_rank: int = 8
@@ -98,22 +98,22 @@ class ServerOptimizer:
         return out
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(initial_ppl: float, rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    rounds = [r["round"] for r in rows]
-    ax.plot(rounds, [r["eval_perplexity"] for r in rows], "o-", color="tab:blue", label="eval perplexity")
-    ax.set_xlabel("round")
+    rounds = [0] + [r["round"] for r in rows]
+    ax.plot(rounds, [initial_ppl] + [r["eval_perplexity"] for r in rows], "o-", color="tab:blue")
+    ax.set_xlabel("round (0 = initial model)")
     ax.set_ylabel("held-out perplexity", color="tab:blue")
     ax.set_yscale("log")
     eps = [(r["round"], r["epsilon"]) for r in rows if r["epsilon"] is not None]
     if eps:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*eps), "s--", color="tab:red", label="epsilon")
+        ax2.plot(*zip(*eps), "s--", color="tab:red")
         ax2.set_ylabel(f"epsilon (delta={rows[-1]['delta']:g})", color="tab:red")
     ax.set_title("Federated fine-tuning through mpc-agg")
     ax.grid(True, alpha=0.3)
@@ -238,7 +238,7 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
         rp = Path(cfg.report)
         rp.parent.mkdir(parents=True, exist_ok=True)
         rp.write_text(json.dumps(report, indent=2))
-        _plot(report["rounds"], rp.with_suffix(".png"))
+        _plot(ppl0, report["rounds"], rp.with_suffix(".png"))
     return report
 
 
