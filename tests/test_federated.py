@@ -106,3 +106,30 @@ def test_client_refuses_a_spec_that_does_not_match_its_model(dep3, round_id: int
         msg = parent.recv()
         t.join(30)
     assert msg[0] == "error" and msg[1] == "SpecMismatchError" and "refusing to train" in msg[2]
+
+
+def test_noised_run_reports_epsilon_matching_an_independent_computation(tmp_path: Path) -> None:
+    import math
+
+    from dp_accounting.rdp import compute_epsilon
+
+    import dp_accounting
+
+    report = _run(tmp_path, tokenizer="byt5", noise_multiplier=1.0, clip_norm=0.5, frac_bits=20)
+    cfg = report["config"]
+    dim, z, c, s = cfg["trainable_parameters"], 1.0, 0.5, 2.0**20
+    mu = (z * c * s) ** 2  # noise variance of the sum, min_clients = 3 clients each adding mu / 3
+    beta = math.exp(-0.5)
+    d2 = math.sqrt((c * s) ** 2 + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (c * s + math.sqrt(dim) / 2))
+    d1 = min(d2 * d2, math.sqrt(dim) * d2)
+    orders = list(range(2, 200))
+    one = [a * d2**2 / (2 * mu) + min(((2 * a - 1) * d2**2 + 6 * d1) / (4 * mu**2), 3 * d1 / (2 * mu))
+           for a in orders]
+    for row in report["rounds"]:
+        assert row["max_abs_diff_vs_plaintext"] is None and row["delta"] == 1e-5
+        expected, _ = compute_epsilon(orders, [row["round"] * x for x in one], 1e-5)
+        assert row["epsilon"] == pytest.approx(expected, rel=1e-3)
+        acc = dp_accounting.rdp.RdpAccountant()
+        acc.compose(dp_accounting.GaussianDpEvent(z), row["round"])
+        assert acc.get_epsilon(1e-5) <= row["epsilon"] <= 1.1 * acc.get_epsilon(1e-5)
+    assert report["rounds"][1]["epsilon"] > report["rounds"][0]["epsilon"]
