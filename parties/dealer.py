@@ -24,8 +24,9 @@ import zmq
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DEALER_FUNCTIONS, DEALER_OPS, _obj_decode, random_ring, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
+from mpc_agg.service import Service
 from mpc_agg.transport import SecureContext, recv_authenticated
-from mpc_agg.wire import MsgType, encode_message, require
+from mpc_agg.wire import MsgType, require
 
 __all__ = ["Dealer", "deal"]
 
@@ -98,7 +99,7 @@ def deal(fn: str, params: dict[str, Any], k: int) -> list[list[torch.Tensor]]:
     return [[p[i] for p in parts] for i in range(k)]
 
 
-class Dealer:
+class Dealer(Service):
     """Serves tuple requests from the parties of a deployment until stopped."""
 
     def __init__(self, deployment: Deployment) -> None:
@@ -116,21 +117,10 @@ class Dealer:
         )
         self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[bytes, Any, str]]] = (
             collections.OrderedDict())
-        self._stop = False
+        super().__init__(self.sctx, self.sock, {}, "dealer")
 
-    def stop(self, *_: Any) -> None:
-        self._stop = True
-
-    def serve(self) -> None:
-        log.info("event=start dealer parties=%d", self.k)
-        try:
-            while not self._stop:
-                if self.sock.poll(200, zmq.POLLIN):
-                    self._handle_one()
-        finally:
-            self.sctx.close()
-
-    def _handle_one(self) -> None:
+    def handle_one(self) -> None:
+        """Replies are deferred until every party asked for the same tuple."""
         try:
             rid, identity, msg = recv_authenticated(self.sock)
             if msg.type != MsgType.DEALER_REQUEST or not identity.startswith("party:"):
@@ -156,14 +146,12 @@ class Dealer:
             fn, params = request
             shares = deal(fn, _obj_decode(params) if params is not None else {}, self.k)
         except MpcAggError as exc:
-            for p, (r, req_id, _) in slot.items():
-                self.sock.send_multipart([r, *encode_message(MsgType.ERROR, {"code": exc.code, "message": str(exc),
-                                                                             "rid": req_id})])
+            for r, req_id, _ in slot.values():
+                self.reply_error(r, req_id, exc)
             return
         for p, (r, req_id, _) in slot.items():
             metas, payloads = zip(*(tensor_to_payload(t) for t in shares[p]))
-            self.sock.send_multipart([r, *encode_message(MsgType.DEALER_REPLY,
-                                                         {"rid": req_id, "tensors": list(metas)}, payloads)])
+            self.reply(r, MsgType.DEALER_REPLY, {"rid": req_id, "tensors": list(metas)}, payloads)
 
 
 def run_dealer(config: str) -> int:

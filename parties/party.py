@@ -35,7 +35,6 @@ from mpc_agg.errors import (
     AuthError,
     CohortTooSmallError,
     DuplicateReportError,
-    MpcAggError,
     RoundStateError,
     SpecMismatchError,
     UnknownClientError,
@@ -43,8 +42,9 @@ from mpc_agg.errors import (
 )
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
-from mpc_agg.transport import Requester, SecureContext, recv_authenticated
-from mpc_agg.wire import Message, MsgType, encode_message, require
+from mpc_agg.service import Service
+from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.wire import Message, MsgType, require
 
 __all__ = ["Party"]
 
@@ -62,7 +62,7 @@ class _Round:
     revealed: bool = False
 
 
-class Party:
+class Party(Service):
     """Party ``party_id`` of a deployment; ``serve()`` runs until ``stop()`` or SIGTERM."""
 
     def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0) -> None:
@@ -92,55 +92,18 @@ class Party:
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self._stop = False
         import_crypten()
-
-    # --- lifecycle ---------------------------------------------------------------------
-    def stop(self, *_: Any) -> None:
-        self._stop = True
-
-    def serve(self) -> None:
-        log.info("event=start party=%d endpoint=%s leader=%s", self.id, self.cfg.client_endpoint, self.is_leader)
-        try:
-            while not self._stop:
-                if self.sock.poll(200, zmq.POLLIN):
-                    self._handle_one()
-        finally:
-            log.info("event=stop party=%d", self.id)
-            deactivate()
-            self.sctx.close()
-
-    def _handle_one(self) -> None:
-        try:
-            rid, identity, msg = recv_authenticated(self.sock)
-        except WireError as exc:
-            log.warning("event=bad_frame party=%d error=%s", self.id, exc)
-            self._reply_error(getattr(exc, "routing_id", None), None, exc)
-            return
-        handler = {
+        super().__init__(self.sctx, self.sock, {
             MsgType.GET_SPEC: self._on_get_spec,
             MsgType.OPEN_ROUND: self._on_open,
             MsgType.REPORT: self._on_report,
             MsgType.CLOSE_ROUND: self._on_close,
             MsgType.STATUS: self._on_status,
-        }.get(msg.type)
-        try:
-            if handler is None:
-                raise WireError(f"message type {msg.type.name} is not served here")
-            mtype, meta, payloads = handler(identity, msg)
-        except MpcAggError as exc:
-            log.info("event=refused party=%d from=%s type=%s code=%s reason=%s",
-                     self.id, identity, msg.type.name, exc.code, exc)
-            self._reply_error(rid, msg.meta.get("rid"), exc)
-            return
-        meta["rid"] = msg.meta.get("rid")
-        self.sock.send_multipart([rid, *encode_message(mtype, meta, payloads)], copy=False)
+        }, f"party-{party_id}")
 
-    def _reply_error(self, routing_id: bytes | None, req_id: Any, exc: MpcAggError) -> None:
-        if routing_id is None:
-            return
-        meta = {"code": exc.code, "message": str(exc), "rid": req_id, "party": self.id}
-        self.sock.send_multipart([routing_id, *encode_message(MsgType.ERROR, meta)])
+    def close(self) -> None:
+        deactivate()
+        super().close()
 
     # --- handlers ----------------------------------------------------------------------
     def _round(self, meta: dict[str, Any]) -> _Round:

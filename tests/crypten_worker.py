@@ -6,6 +6,7 @@ Usage: python tests/crypten_worker.py CONFIG RANK OUT_JSON
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -16,7 +17,22 @@ import zmq  # noqa: E402
 
 from mpc_agg.config import Deployment, read_secret_key  # noqa: E402
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, import_crypten  # noqa: E402
+from mpc_agg.fixedpoint import decode  # noqa: E402
 from mpc_agg.transport import Requester, SecureContext  # noqa: E402
+
+
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed values (negatives with fractions) followed by 500 seeded normal draws."""
+    g = torch.Generator().manual_seed(1234)
+    a = torch.cat([torch.tensor([1.5, -2.25, 3.0, -0.125]), 10 * torch.randn(500, generator=g)])
+    b = torch.cat([torch.tensor([-4.0, 0.5, 2.0, -8.0]), 10 * torch.randn(500, generator=g)])
+    return a, b
+
+
+def plain(t: object) -> list[float]:
+    """Reveal to all parties (test only) and decode with our decoder, not CrypTen's (DESIGN.md §4)."""
+    ring = t.reveal().numpy()  # type: ignore[attr-defined]
+    return decode(ring, int(round(math.log2(t.encoder.scale)))).tolist()  # type: ignore[attr-defined]
 
 
 def main(config: str, rank: int, out: str) -> None:
@@ -30,17 +46,16 @@ def main(config: str, rank: int, out: str) -> None:
         dsock = sctx.client(zmq.DEALER, dep.dealer_endpoint, public_key=me.public_key, secret_key=secret,
                             server_key=dep.dealer_public_key)
         activate(comm, DealerProvider(Requester(dsock), rank=rank, timeout_s=60), "mpc-test")
-        a = torch.tensor([1.5, -2.25, 3.0, -0.125])
-        b = torch.tensor([-4.0, 0.5, 2.0, -8.0])
-        x = crypten.cryptensor(a if rank == 0 else torch.zeros(4), src=0)
-        y = crypten.cryptensor(b if rank == 1 else torch.zeros(4), src=1)
+        a, b = inputs()
+        x = crypten.cryptensor(a if rank == 0 else torch.zeros(a.shape), src=0)
+        y = crypten.cryptensor(b if rank == 1 else torch.zeros(b.shape), src=1)
         result = {
             "rank": rank,
             "provider": crypten.cfg.mpc.provider,
-            "add": (x + y).get_plain_text().tolist(),
-            "mul": (x * y).get_plain_text().tolist(),
-            "square": x.square().get_plain_text().tolist(),
-            "lt": (x < y).get_plain_text().tolist(),
+            "add": plain(x + y),
+            "mul": plain(x * y),
+            "square": plain(x.square()),
+            "lt": plain(x < y),
             "bytes": comm.get_communication_stats()["bytes"],
         }
     Path(out).write_text(json.dumps(result))
