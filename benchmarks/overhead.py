@@ -85,15 +85,16 @@ REPORT_ID_HEX = "0" * 32
 REVEAL_LOG = re.compile(r"event=reveal party=(\d+) round=(\d+) .*seconds=([0-9.]+)")
 
 
-def check_repo() -> None:
+def check_repo(module: str = "benchmarks.overhead") -> None:
     """Refuse to run unless this file and mpc_agg are the checkout in the current directory."""
     cwd = Path.cwd().resolve()
     pkg = Path(mpc_agg.__file__).resolve().parent.parent
     if cwd != REPO or pkg != REPO:
         raise SystemExit(
-            f"benchmarks.overhead: run `python -m benchmarks.overhead` from the mpc-agg repository root.\n"
+            f"{module}: run `python -m {module}` from the mpc-agg repository root.\n"
             f"  this module:  {Path(__file__).resolve()}\n  mpc_agg from: {pkg}\n  cwd:          {cwd}")
-    print(f"benchmarks.overhead: {Path(__file__).resolve()} (repository {REPO})", flush=True)
+    print(f"{module}: {Path(__file__).resolve().parent / (module.split('.')[-1] + '.py')} (repository {REPO})",
+          flush=True)
 
 
 # --- measurement helpers ---------------------------------------------------------------

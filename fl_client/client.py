@@ -120,6 +120,8 @@ class SecureAggClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
         spec = self.fetch_spec(round_id)
+        if spec.verify_norm and weight != 1.0:
+            raise ConfigError("rounds with verify_norm need weight=1.0 (the parties check it)")
         event = self._check_privacy(spec, weight)
         x = flatten_update(spec, update)
         if not np.all(np.isfinite(x)):

@@ -28,6 +28,7 @@ import torch
 import zmq
 
 from .errors import AggregationTimeout, CommunicatorError, WireError
+from .sharing import SEED_BYTES, ShareContext, expand_seed
 from .transport import Requester, SecureContext, recv_authenticated
 from .wire import MsgType, encode_message
 
@@ -41,6 +42,8 @@ __all__ = [
     "tensor_to_payload",
     "payload_to_tensor",
     "DEALER_FUNCTIONS",
+    "expand_dealer_seed",
+    "random_ring",
 ]
 
 _DTYPES = {
@@ -166,7 +169,10 @@ class ZmqCommunicator:
         public_keys: list[str],
         secret_key: str,
         timeout_s: float = 60.0,
+        transcript: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``transcript``: append every received peer payload to this file (for audits and tests)."""
+        self.transcript = transcript
         self.rank = rank
         self.world_size = len(endpoints)
         self.timeout_s = timeout_s
@@ -251,6 +257,9 @@ class ZmqCommunicator:
                     or msg.meta.get("tag") != self.tag):
                 continue  # stale session or forged sender: dropped
             self._pending[int(sender)].append((msg.meta, msg.payloads[0]))
+            if self.transcript is not None:
+                with open(self.transcript, "ab") as f:
+                    f.write(msg.payloads[0])
         self.comm_time += time.monotonic() - t0
         return q.popleft()
 
@@ -460,9 +469,20 @@ class DealerProvider:
         meta = {"session": self.session, "seq": self.seq, "fn": fn, "params": _obj_encode(params)}
         msg = self.requester.request(MsgType.DEALER_REQUEST, meta, timeout_s=self.timeout_s, what="dealer")
         metas = msg.meta.get("tensors")
-        if not isinstance(metas, list) or len(metas) != len(msg.payloads):
+        if not isinstance(metas, list) or len(metas) != len(msg.payloads) or not all(isinstance(m, dict)
+                                                                                    for m in metas):
             raise WireError("dealer reply does not match its metadata")
-        return [payload_to_tensor(m, p) for m, p in zip(metas, msg.payloads)]
+        out = []
+        for m, p in zip(metas, msg.payloads):
+            if m.get("seeded"):
+                shape, bits = m.get("shape"), m.get("bits")
+                if (memoryview(p).nbytes != SEED_BYTES or bits not in (1, 64) or not isinstance(shape, list)
+                        or not all(isinstance(x, int) and x >= 0 for x in shape)):
+                    raise WireError("bad seeded share from the dealer")
+                out.append(expand_dealer_seed(bytes(p), shape, self.rank, bits))
+            else:
+                out.append(payload_to_tensor(m, p))
+        return out
 
     @staticmethod
     def _size(s: Any) -> list[int]:
@@ -528,7 +548,16 @@ def deactivate() -> None:
     ZmqCommunicator.instance = None
 
 
-def random_ring(shape: list[int]) -> torch.Tensor:
-    """Uniform int64 ring elements from the OS CSPRNG."""
+_DEALER_CTX = ShareContext(round_id=0, client_id="dealer", report_id=bytes(16))
+
+
+def expand_dealer_seed(seed: bytes, shape: list[int], party: int, bits: int = 64) -> torch.Tensor:
+    """A dealer share sent as a 32-byte seed, expanded with AES-CTR (as client helper shares are)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return torch.from_numpy(np.frombuffer(os.urandom(8 * n), dtype=np.int64).copy().reshape(shape))
+    out = torch.from_numpy(expand_seed(seed, _DEALER_CTX, party, n).reshape(shape))
+    return out & ((1 << bits) - 1) if bits < 64 else out
+
+
+def random_ring(shape: list[int]) -> torch.Tensor:
+    """Uniform int64 ring elements: AES-CTR keystream under a fresh ``os.urandom`` seed."""
+    return expand_dealer_seed(os.urandom(SEED_BYTES), shape, 0)

@@ -54,27 +54,31 @@ _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 
 
-def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
-    """Yield (element offset, int64 view) chunks of the share keystream; views are reused between chunks."""
+def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int,
+               start: int = 0) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
+    """Yield (element offset, int64 view) chunks of the share keystream from element ``start`` (even);
+    the views are reused between chunks."""
+    if start < 0 or start % 2:
+        raise EncodingError("a keystream slice must start at an even element (AES block boundary)")
     if len(seed) != SEED_BYTES:
         raise EncodingError(f"seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if length < 0:
         raise EncodingError("length must be >= 0")
     key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=ctx.info(party)).derive(seed)
-    enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
+    enc = Cipher(algorithms.AES(key), modes.CTR((start // 2).to_bytes(16, "big"))).encryptor()
     buf = bytearray(_CHUNK + 15)  # update_into needs block_size - 1 spare bytes
     zeros = memoryview(_ZEROS)
     nbytes = 8 * length
-    for start in range(0, nbytes, _CHUNK):
-        n = min(_CHUNK, nbytes - start)
+    for pos in range(0, nbytes, _CHUNK):
+        n = min(_CHUNK, nbytes - pos)
         enc.update_into(zeros[:n], buf)
-        yield start // 8, np.frombuffer(buf, dtype="<i8", count=n // 8)
+        yield pos // 8, np.frombuffer(buf, dtype="<i8", count=n // 8)
 
 
-def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int) -> npt.NDArray[np.int64]:
-    """Expand a helper seed into ``length`` pseudo-random int64 ring elements."""
+def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int, *, start: int = 0) -> npt.NDArray[np.int64]:
+    """Expand a helper seed into ring elements ``start .. start+length`` of its share."""
     out = np.empty(length, dtype=np.int64)
-    for off, ks in _keystream(seed, ctx, party, length):
+    for off, ks in _keystream(seed, ctx, party, length, start):
         out[off:off + ks.size] = ks
     return out
 

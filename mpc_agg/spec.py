@@ -32,6 +32,7 @@ class RoundSpec:
     clip_norm: float | None = None
     noise_multiplier: float = 0.0
     frac_bits: int = DEFAULT_FRAC_BITS
+    verify_norm: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
@@ -58,6 +59,20 @@ class RoundSpec:
             raise ConfigError("noise needs clip_norm: the noise scale is noise_multiplier * clip_norm")
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= MAX_FRAC_BITS:
             raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}]")
+        if self.verify_norm:
+            if self.clip_norm is None:
+                raise ConfigError("verify_norm needs clip_norm")
+            self.norm_bound()
+
+    def norm_bound(self) -> int:
+        """Squared-norm bound (ring units) the parties check in verified rounds (mpc_agg.normcheck)."""
+        from .normcheck import norm_bound
+
+        if self.clip_norm is None:
+            raise ConfigError("verify_norm needs clip_norm")
+        client_var = (self.noise_multiplier * self.clip_norm * 2.0**self.frac_bits) ** 2 / self.min_clients
+        return norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
+                          noise_variance=client_var)
 
     @classmethod
     def create(
@@ -69,6 +84,7 @@ class RoundSpec:
         clip_norm: float | None = None,
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
+        verify_norm: bool = False,
     ) -> "RoundSpec":
         try:
             norm = tuple(sorted((str(k), tuple(int(s) for s in v)) for k, v in shapes.items()))
@@ -81,6 +97,7 @@ class RoundSpec:
             clip_norm=None if clip_norm is None else float(clip_norm),
             noise_multiplier=float(noise_multiplier),
             frac_bits=DEFAULT_FRAC_BITS if frac_bits is None else frac_bits,
+            verify_norm=bool(verify_norm),
         )
 
     @property
@@ -96,6 +113,7 @@ class RoundSpec:
             "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier,
             "frac_bits": self.frac_bits,
+            "verify_norm": self.verify_norm,
         }
 
     @classmethod
@@ -110,6 +128,7 @@ class RoundSpec:
                 clip_norm=None if obj["clip_norm"] is None else float(obj["clip_norm"]),
                 noise_multiplier=float(obj["noise_multiplier"]),
                 frac_bits=int(obj["frac_bits"]),
+                verify_norm=bool(obj["verify_norm"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed round spec: {exc!r}") from None

@@ -43,6 +43,8 @@ class RoundResult:
     total_weight: float
     report_ids: tuple[str, ...]
     seconds: float
+    rejected: tuple[str, ...] = ()
+    """clients whose reports failed the parties' norm check (verified rounds)"""
     epsilon: float | None = None
     """epsilon so far (the ledger's composition up to this round) at ``delta``; None when un-noised."""
     delta: float | None = None
@@ -115,11 +117,15 @@ class Coordinator:
         clip_norm: float | None = None,
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
+        verify_norm: bool = False,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
-        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting)."""
+        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting).
+
+        ``verify_norm=True`` (needs ``clip_norm`` and a dealer) makes the parties check every
+        report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
-                                noise_multiplier=noise_multiplier, frac_bits=frac_bits)
+                                noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm)
         event = _dp_event(spec)
         if event is not None:
             self.ledger.check(round_id, event)
@@ -160,7 +166,8 @@ class Coordinator:
         epsilon = None if event is None else self.ledger.record(round_id, event)
         log.info("event=reveal round=%d clients=%d", round_id, len(clients))
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
-                           epsilon, None if event is None else self.ledger.delta)
+                           tuple(answers[0].meta.get("rejected", ())), epsilon,
+                           None if event is None else self.ledger.delta)
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""

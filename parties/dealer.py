@@ -16,15 +16,24 @@ import collections
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.crypten_glue import DEALER_FUNCTIONS, DEALER_OPS, _obj_decode, random_ring, tensor_to_payload
+from mpc_agg.crypten_glue import (
+    DEALER_FUNCTIONS,
+    DEALER_OPS,
+    _obj_decode,
+    expand_dealer_seed,
+    random_ring,
+    tensor_to_payload,
+)
 from mpc_agg.errors import AuthError, MpcAggError, WireError
 from mpc_agg.service import Service
+from mpc_agg.sharing import SEED_BYTES
 from mpc_agg.transport import SecureContext, recv_authenticated
 from mpc_agg.wire import MsgType, require
 
@@ -35,21 +44,46 @@ MAX_PENDING = 4096
 MAX_ELEMENTS = 1 << 26
 
 
-def _additive_shares(x: torch.Tensor, k: int) -> list[torch.Tensor]:
-    shares = [random_ring(list(x.shape)) for _ in range(k - 1)]
-    first = x.clone()
-    for s in shares:
-        first -= s
-    return [first, *shares]
+@dataclass(frozen=True)
+class Seeded:
+    """A uniformly random share sent as a 32-byte seed (the party expands it: expand_dealer_seed)."""
+
+    seed: bytes
+    shape: list[int]
+    bits: int = 64
+
+    @classmethod
+    def fresh(cls, shape: list[int], bits: int = 64) -> "Seeded":
+        return cls(os.urandom(SEED_BYTES), shape, bits)
+
+    def expand(self, party: int) -> torch.Tensor:
+        return expand_dealer_seed(self.seed, self.shape, party, self.bits)
 
 
-def _xor_shares(x: torch.Tensor, k: int, bits: int = 64) -> list[torch.Tensor]:
-    mask = -1 if bits == 64 else (1 << bits) - 1
-    shares = [random_ring(list(x.shape)) & mask for _ in range(k - 1)]
+Share = torch.Tensor | Seeded
+
+
+def _additive_shares(x: torch.Tensor, k: int) -> list[Share]:
+    """Party 0 gets x minus the others' shares; parties 1..k-1 get only seeds."""
+    seeded = [Seeded.fresh(list(x.shape)) for _ in range(k - 1)]
     first = x.clone()
-    for s in shares:
-        first ^= s
-    return [first, *shares]
+    for i, s in enumerate(seeded, start=1):
+        first -= s.expand(i)
+    return [first, *seeded]
+
+
+def _xor_shares(x: torch.Tensor, k: int, bits: int = 64) -> list[Share]:
+    seeded = [Seeded.fresh(list(x.shape), bits) for _ in range(k - 1)]
+    first = x.clone()
+    for i, s in enumerate(seeded, start=1):
+        first ^= s.expand(i)
+    return [first, *seeded]
+
+
+def _encode_share(share: Share) -> tuple[dict[str, Any], bytes]:
+    if isinstance(share, Seeded):
+        return {"seeded": True, "shape": share.shape, "bits": share.bits}, share.seed
+    return tensor_to_payload(share)
 
 
 def _size(v: Any) -> list[int]:
@@ -63,7 +97,7 @@ def _size(v: Any) -> list[int]:
     return list(v)
 
 
-def deal(fn: str, params: dict[str, Any], k: int) -> list[list[torch.Tensor]]:
+def deal(fn: str, params: dict[str, Any], k: int) -> list[list[Share]]:
     """Produce the tuple ``fn`` for ``k`` parties; result[i] is party i's list of shares."""
     if fn == "additive":
         op = params.get("op")
@@ -88,9 +122,9 @@ def deal(fn: str, params: dict[str, Any], k: int) -> list[list[torch.Tensor]]:
         from crypten.common.util import count_wraps
 
         size = _size(params.get("size"))
-        r = [random_ring(size) for _ in range(k)]
-        theta = count_wraps(r)
-        parts = [r, _additive_shares(theta, k)]
+        seeded = [Seeded.fresh(size) for _ in range(k)]
+        theta = count_wraps([s.expand(i) for i, s in enumerate(seeded)])
+        parts = [seeded, _additive_shares(theta, k)]
     elif fn == "B2A":
         bit = random_ring(_size(params.get("size"))) & 1
         parts = [_additive_shares(bit, k), _xor_shares(bit, k, bits=1)]
@@ -150,7 +184,7 @@ class Dealer(Service):
                 self.reply_error(r, req_id, exc)
             return
         for p, (r, req_id, _) in slot.items():
-            metas, payloads = zip(*(tensor_to_payload(t) for t in shares[p]))
+            metas, payloads = zip(*(_encode_share(t) for t in shares[p]))
             self.reply(r, MsgType.DEALER_REPLY, {"rid": req_id, "tensors": list(metas)}, payloads)
 
 

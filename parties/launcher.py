@@ -19,7 +19,8 @@ class LocalDeployment:
     """Keygen into ``workdir`` and run ``mpc-agg party`` × k (+ dealer) as real processes."""
 
     def __init__(self, workdir: str | os.PathLike[str], *, parties: int = 3, clients: int = 3,
-                 min_clients: int = 3, dealer: bool = True, log_dir: str | os.PathLike[str] | None = None) -> None:
+                 min_clients: int = 3, dealer: bool = True, log_dir: str | os.PathLike[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.config = generate_deployment(self.workdir, parties=parties, clients=clients,
                                           min_clients=min_clients, with_dealer=dealer)
@@ -27,13 +28,14 @@ class LocalDeployment:
         self.log_dir = Path(log_dir) if log_dir else self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.dealer = dealer
+        self.env = None if env is None else {**os.environ, **env}
 
     def _spawn(self, name: str, *args: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "parties.cli", *args, "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent, env=self.env,
         )
         log.close()
 

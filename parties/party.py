@@ -34,13 +34,15 @@ from mpc_agg.errors import (
     AlreadyRevealedError,
     AuthError,
     CohortTooSmallError,
+    ConfigError,
     DuplicateReportError,
     RoundStateError,
     SpecMismatchError,
     UnknownClientError,
     WireError,
 )
-from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
+from mpc_agg.normcheck import verify_norms
+from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.service import Service
 from mpc_agg.transport import Requester, SecureContext
@@ -83,6 +85,7 @@ class Party(Service):
         self.comm = ZmqCommunicator(
             self.sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
             public_keys=[p.public_key for p in deployment.parties], secret_key=secret, timeout_s=peer_timeout_s,
+            transcript=os.environ.get("MPC_AGG_TRANSCRIPT") and f"{os.environ['MPC_AGG_TRANSCRIPT']}.party{party_id}",
         )
         self.provider: DealerProvider | None = None
         if deployment.dealer_endpoint and deployment.dealer_public_key:
@@ -131,6 +134,8 @@ class Party(Service):
             if existing.digest != digest:
                 raise RoundStateError(f"round {spec.round_id} is already open with a different spec")
             return MsgType.OK, {"digest": digest}, []
+        if spec.verify_norm and self.provider is None:
+            raise ConfigError("verify_norm needs a dealer ([dealer] in the deployment) for MPC multiplication")
         rdir = self.cfg.state_dir / f"round-{spec.round_id}"
         if (rdir / "revealed").exists():
             raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
@@ -186,7 +191,7 @@ class Party(Service):
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
         st = self.rounds.get(r)
-        t0 = time.monotonic()
+        t0, bytes0 = time.monotonic(), self.comm.comm_bytes
         # Every party runs the agreement even when it will refuse, so that all refuse together.
         activate(self.comm, self.provider, f"close:{r}:{session}")
         status = torch.zeros(7, dtype=torch.int64)
@@ -218,6 +223,12 @@ class Party(Service):
             raw = t[: 2 * int(counts[j])].numpy().tobytes()
             sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
         cohort = sorted(set.intersection(*sets))
+        rejected: list[str] = []
+        if st.spec.verify_norm:
+            ok = verify_norms(lambda start, count: self._share_rows(st, cohort, start, count), len(cohort),
+                              st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits)
+            rejected = [h for h, good in zip(cohort, ok) if not good]
+            cohort = [h for h, good in zip(cohort, ok) if good]
         floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
         if len(cohort) < floor:
             raise CohortTooSmallError(
@@ -233,10 +244,25 @@ class Party(Service):
         for h in st.reports:
             (st.dir / f"{h}.share").unlink(missing_ok=True)
         clients = sorted(st.reports[h] for h in cohort)
-        log.info("event=reveal party=%d round=%d cohort=%d dropped=%d seconds=%.3f",
-                 self.id, r, len(cohort), len(st.reports) - len(cohort), time.monotonic() - t0)
+        log.info("event=reveal party=%d round=%d cohort=%d dropped=%d rejected=%d peer_bytes=%d seconds=%.3f",
+                 self.id, r, len(cohort), len(st.reports) - len(cohort) - len(rejected), len(rejected),
+                 self.comm.comm_bytes - bytes0, time.monotonic() - t0)
         share = held.share.numpy()
-        return MsgType.SUM_SHARE, {"round": r, "party": self.id, "cohort": cohort, "clients": clients}, [share.data]
+        meta = {"round": r, "party": self.id, "cohort": cohort, "clients": clients,
+                "rejected": sorted(st.reports[h] for h in rejected)}
+        return MsgType.SUM_SHARE, meta, [share.data]
+
+    def _share_rows(self, st: _Round, reports: list[str], start: int, count: int) -> np.ndarray:
+        """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
+        rows = np.empty((len(reports), count), dtype=np.int64)
+        for j, h in enumerate(reports):
+            path = st.dir / f"{h}.share"
+            if self.is_leader:
+                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=8 * start)
+            else:
+                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
+                rows[j] = expand_seed(path.read_bytes(), ctx, self.id, count, start=start)
+        return rows
 
 
 def run_party(config: str | os.PathLike[str], party_id: int) -> int:

@@ -60,3 +60,12 @@ def test_split_validates_input() -> None:
         split(np.zeros(3, dtype=np.int64), 1, CTX)
     with pytest.raises(EncodingError):
         split(np.zeros(3), 3, CTX)  # type: ignore[arg-type]
+
+
+def test_expansion_slices_match_the_whole() -> None:
+    seed = b"\x07" * 32
+    whole = expand_seed(seed, CTX, 2, 300_000)
+    for start, n in ((0, 10), (2, 5), (131_072, 1000), (299_990, 10)):
+        assert np.array_equal(expand_seed(seed, CTX, 2, n, start=start), whole[start:start + n])
+    with pytest.raises(EncodingError):
+        expand_seed(seed, CTX, 2, 4, start=3)

@@ -1,0 +1,84 @@
+"""Verified clipping: parties check each report's L2 norm in MPC (CrypTen + dealer) and drop violators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from fl_client import SecureAggClient
+from mpc_agg.errors import ConfigError
+from mpc_agg.spec import RoundSpec
+from parties import Coordinator
+from parties.launcher import LocalDeployment
+
+pytestmark = pytest.mark.timeout(300)
+D, CLIP = 3000, 1.0
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda k: f"k{k}")
+def vdep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    work = tmp_path_factory.mktemp(f"verify{request.param}")
+    ld = LocalDeployment(work / "dep", parties=request.param, clients=6, min_clients=3,
+                         env={"MPC_AGG_TRANSCRIPT": str(work / "transcript")})
+    ld.transcript_prefix = work / "transcript"  # type: ignore[attr-defined]
+    with ld:
+        yield ld
+
+
+def _unit(rng: np.random.Generator, norm: float) -> np.ndarray:
+    v = rng.normal(size=D)
+    return v / np.linalg.norm(v) * norm
+
+
+def _round(ld: LocalDeployment, rid: int, updates: list[np.ndarray], *, verify: bool, clip: list[bool]):  # type: ignore[no-untyped-def]
+    with Coordinator.from_config(ld.config) as coord:
+        coord.open_round(rid, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
+        for i, (u, c) in enumerate(zip(updates, clip)):
+            with SecureAggClient.from_config(ld.config, f"client-{i}") as cl:
+                cl.submit(rid, {"w": u}, clip=c)
+        return coord.close_round(rid, timeout_s=120)
+
+
+def test_honest_clients_all_accepted_with_the_same_average(vdep: LocalDeployment, round_id: int) -> None:
+    rng = np.random.default_rng(round_id)
+    ups = [_unit(rng, 0.9), _unit(rng, 0.5), _unit(rng, 0.99)]
+    res = _round(vdep, round_id, ups, verify=True, clip=[True] * 3)
+    plain = _round(vdep, round_id + 10_000, ups, verify=False, clip=[True] * 3)
+    assert res.rejected == () and len(res.clients) == 3
+    assert np.allclose(res.average["w"].numpy(), plain.average["w"].numpy(), atol=3 * 2.0**-24)
+    assert np.allclose(res.average["w"].numpy(), np.mean(ups, axis=0), atol=3 * 2.0**-24)
+
+
+def test_unclipped_client_rejected_and_exact_bound_accepted(vdep: LocalDeployment, round_id: int) -> None:
+    rng = np.random.default_rng(round_id)
+    at_bound = _unit(rng, CLIP)  # exactly at the bound: accepted
+    honest = [_unit(rng, 0.7), at_bound, _unit(rng, 0.3)]
+    cheat = _unit(rng, 10 * CLIP)
+    res = _round(vdep, round_id, [*honest, cheat], verify=True, clip=[True, True, True, False])
+    assert res.rejected == ("client-3",)
+    assert res.clients == ("client-0", "client-1", "client-2")
+    assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+    # no party's log, state or received messages hold the norm (as float or as the ring value)
+    norms = [float(np.linalg.norm(u)) for u in [*honest, cheat]]
+    # client-1's squared norm is the public bound itself (2^48): only the others are secrets to look for
+    ring_sq = [int(round(n * 2**24)) ** 2 for i, n in enumerate(norms) if i != 1]
+    files = [*Path(vdep.log_dir).glob("*.log"), *Path(vdep.workdir).rglob("state/**/*")]
+    text = b"".join(p.read_bytes() for p in files if p.is_file())
+    for n in norms:
+        assert f"{n:.4f}".encode() not in text
+    transcripts = b"".join(p.read_bytes() for p in Path(vdep.transcript_prefix).parent.glob("transcript.party*"))  # type: ignore[attr-defined]
+    assert len(transcripts) > 8 * D  # the MPC really ran over the communicator
+    for sq in ring_sq:
+        for delta in range(-4096, 4097, 64):  # the exact value depends on rounding; scan around it
+            assert (sq + delta).to_bytes(8, "little", signed=True) not in transcripts
+
+
+def test_verify_norm_needs_clip_and_fitting_bound() -> None:
+    with pytest.raises(ConfigError):
+        RoundSpec.create(1, {"w": (10,)}, verify_norm=True)
+    with pytest.raises(ConfigError):  # (C * 2^40)^2 cannot fit the ring
+        RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, frac_bits=40, verify_norm=True)
+    assert RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, verify_norm=True).norm_bound() >= 2**48
