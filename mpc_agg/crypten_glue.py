@@ -52,6 +52,7 @@ _DTYPES = {
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 DEALER_FUNCTIONS = ("additive", "square", "binary", "wraps", "B2A")
+MAX_EARLY_SESSIONS = 4
 DEALER_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 
 
@@ -190,6 +191,8 @@ class ZmqCommunicator:
         }
         self._pending: dict[int, collections.deque[tuple[dict[str, Any], Any]]] = collections.defaultdict(
             collections.deque)
+        # messages of another session: a peer may already be in the next one (bounded, oldest dropped)
+        self._early: collections.OrderedDict[str, list[tuple[int, dict[str, Any], Any]]] = collections.OrderedDict()
         self.reset_communication_stats()
 
     # --- CrypTen class-level protocol ----------------------------------------------
@@ -211,10 +214,13 @@ class ZmqCommunicator:
 
     # --- sessions and statistics ----------------------------------------------------
     def set_session(self, tag: str) -> None:
-        """Start a protocol session: messages of any other session are dropped."""
+        """Start a protocol session; messages that arrived early for it are kept, all others dropped."""
         self.tag = tag
-        for q in self._pending.values():
-            q.clear()
+        early = self._early.pop(tag, [])
+        self._early.clear()
+        self._pending.clear()
+        for sender, meta, payload in early:
+            self._pending[sender].append((meta, payload))
 
     def reset_communication_stats(self) -> None:
         self.comm_rounds = 0
@@ -252,10 +258,16 @@ class ZmqCommunicator:
                 _, identity, msg = recv_authenticated(self.router)
             except WireError:
                 continue  # malformed peer frame: dropped
-            sender = msg.meta.get("src")
+            sender, tag = msg.meta.get("src"), msg.meta.get("tag")
             if (msg.type != MsgType.PEER or identity != f"party:{sender}" or len(msg.payloads) != 1
-                    or msg.meta.get("tag") != self.tag):
-                continue  # stale session or forged sender: dropped
+                    or not isinstance(tag, str)):
+                continue  # forged sender or malformed: dropped
+            if tag != self.tag:
+                self._early.setdefault(tag, []).append((int(sender), msg.meta, msg.payloads[0]))
+                self._early.move_to_end(tag)
+                while len(self._early) > MAX_EARLY_SESSIONS or sum(len(v) for v in self._early.values()) > 4096:
+                    self._early.popitem(last=False)
+                continue
             self._pending[int(sender)].append((msg.meta, msg.payloads[0]))
             if self.transcript is not None:
                 with open(self.transcript, "ab") as f:
@@ -281,7 +293,11 @@ class ZmqCommunicator:
         if src is None:
             raise CommunicatorError("recv needs an explicit source rank")
         self.comm_rounds += 1
-        return self._recv_tensor(src).reshape(tensor.shape).to(tensor.dtype)
+        got = self._recv_tensor(src)
+        if got.numel() != tensor.numel():
+            raise CommunicatorError(f"party {src} sent {got.numel()} values where {tensor.numel()} were expected "
+                                    f"(session {self.tag}): the parties are out of step")
+        return got.reshape(tensor.shape).to(tensor.dtype)
 
     def isend(self, tensor: torch.Tensor, dst: int) -> _Work:
         self.send(tensor, dst)

@@ -65,6 +65,11 @@ class Service:
                           self.name, identity, msg.type.name, exc.code, exc)
             self.reply_error(routing_id, msg.meta.get("rid"), exc)
             return
+        except Exception as exc:  # a bug or a library failure must not take the service down
+            self.log.exception("event=internal_error service=%s from=%s type=%s", self.name, identity, msg.type.name)
+            self.reply_error(routing_id, msg.meta.get("rid"),
+                             MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
+            return
         self.reply(routing_id, mtype, {**meta, "rid": msg.meta.get("rid")}, payloads)
 
     def reply(self, routing_id: bytes, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> None:

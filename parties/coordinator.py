@@ -21,7 +21,7 @@ import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
-from mpc_agg.errors import MpcAggError, RefusedError, WireError
+from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
 from mpc_agg.fixedpoint import decode
 from mpc_agg.sharing import reconstruct
 from mpc_agg.spec import RoundSpec
@@ -71,13 +71,9 @@ class Coordinator:
         rounds (BudgetExceededError at ``open_round``) once the next one would exceed it at ``delta``."""
         self.dep = deployment
         self.ledger = PrivacyLedger.open(ledger_path, delta=delta, budget=epsilon_budget)
-        secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
+        self._secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
         self.sctx = SecureContext()
-        self._req = [
-            Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=deployment.coordinator_public_key,
-                                       secret_key=secret, server_key=p.public_key))
-            for p in deployment.parties
-        ]
+        self._req = [self._connect(p.id) for p in deployment.parties]
         self.specs: dict[int, RoundSpec] = {}
 
     @classmethod
@@ -93,6 +89,11 @@ class Coordinator:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    def _connect(self, party_id: int) -> Requester:
+        p = self.dep.party(party_id)
+        return Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=self.dep.coordinator_public_key,
+                                          secret_key=self._secret, server_key=p.public_key))
+
     def _all(self, mtype: MsgType, meta: dict, timeout_s: float) -> list:
         """Send one request to every party at once and collect every answer (first error raised)."""
         deadline = time.monotonic() + timeout_s
@@ -101,6 +102,13 @@ class Coordinator:
         for i, (r, rid) in enumerate(zip(self._req, rids)):
             try:
                 answers.append(r.wait(rid, deadline, f"party {i}"))
+            except AggregationTimeout as exc:
+                # drop the unanswered request with its socket, so a party that comes back
+                # never acts on a stale one (e.g. a CLOSE the coordinator gave up on)
+                r.sock.close(linger=0)
+                self._req[i] = self._connect(i)
+                errors.append(exc)
+                answers.append(None)
             except MpcAggError as exc:
                 errors.append(exc)
                 answers.append(None)

@@ -15,7 +15,6 @@ cohort's sum, held as a CrypTen ArithmeticSharedTensor.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -44,6 +43,7 @@ from mpc_agg.errors import (
 from mpc_agg.normcheck import verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
+from mpc_agg.store import RoundStore
 from mpc_agg.service import Service
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import Message, MsgType, require
@@ -94,7 +94,8 @@ class Party(Service):
             self.provider = DealerProvider(Requester(dsock), rank=party_id, timeout_s=peer_timeout_s)
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = RoundStore(self.cfg.state_dir)
+        self._recover()
         import_crypten()
         super().__init__(self.sctx, self.sock, {
             MsgType.GET_SPEC: self._on_get_spec,
@@ -107,6 +108,22 @@ class Party(Service):
     def close(self) -> None:
         deactivate()
         super().close()
+
+    def _recover(self) -> None:
+        """Reload every round and acknowledged report from disk (after a restart or a crash)."""
+        for stored in self.store.load():
+            spec = stored.spec
+            st = _Round(spec, spec.digest(), stored.dir, np.zeros(0 if stored.revealed else spec.dim + 1, np.int64),
+                        revealed=stored.revealed)
+            for h, client in stored.reports:
+                if not stored.revealed:
+                    self._accumulate(st, client, h, (stored.dir / f"{h}.share").read_bytes())
+                st.reports[h] = client
+                st.clients.add(client)
+                self.seen_report_ids.add(h)
+            self.rounds[spec.round_id] = st
+            log.info("event=recovered party=%d round=%d reports=%d revealed=%s skipped=%d",
+                     self.id, spec.round_id, len(stored.reports), stored.revealed, stored.skipped)
 
     # --- handlers ----------------------------------------------------------------------
     def _round(self, meta: dict[str, Any]) -> _Round:
@@ -136,10 +153,9 @@ class Party(Service):
             return MsgType.OK, {"digest": digest}, []
         if spec.verify_norm and self.provider is None:
             raise ConfigError("verify_norm needs a dealer ([dealer] in the deployment) for MPC multiplication")
-        rdir = self.cfg.state_dir / f"round-{spec.round_id}"
-        if (rdir / "revealed").exists():
+        if self.store.is_revealed(spec.round_id):
             raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
-        rdir.mkdir(parents=True, exist_ok=True)
+        rdir = self.store.create_round(spec)
         self.rounds[spec.round_id] = _Round(spec, digest, rdir, np.zeros(spec.dim + 1, dtype=np.int64))
         log.info("event=open party=%d round=%d dim=%d digest=%s", self.id, spec.round_id, spec.dim, digest[:16])
         return MsgType.OK, {"digest": digest}, []
@@ -176,8 +192,7 @@ class Party(Service):
         if len(msg.payloads) != 1 or msg.payloads[0].nbytes != expected:
             raise WireError(f"party {self.id} expects one payload of {expected} bytes")
         material = msg.payloads[0]
-        with open(st.dir / f"{report_hex}.share", "wb") as f:
-            f.write(material)
+        self.store.add_report(st.dir, report_hex, client, material)  # durable before the acknowledgement
         self._accumulate(st, client, report_hex, material)
         st.reports[report_hex] = client
         st.clients.add(client)
@@ -190,6 +205,10 @@ class Party(Service):
             raise AuthError("only the coordinator closes rounds")
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
+        timeout = msg.meta.get("timeout_s", self.peer_timeout_s)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise WireError("timeout_s must be a positive number")
+        self.comm.timeout_s = min(float(timeout), self.peer_timeout_s)  # give up when the coordinator does
         st = self.rounds.get(r)
         t0, bytes0 = time.monotonic(), self.comm.comm_bytes
         # Every party runs the agreement even when it will refuse, so that all refuse together.
@@ -239,10 +258,9 @@ class Party(Service):
 
         held = ArithmeticSharedTensor.from_shares(torch.from_numpy(st.total), precision=0)
         st.revealed = True
-        (st.dir / "revealed").write_text(json.dumps({"cohort": cohort}))
+        self.store.mark_revealed(st.dir, cohort)
         st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
-        for h in st.reports:
-            (st.dir / f"{h}.share").unlink(missing_ok=True)
+        self.store.drop_material(st.dir, list(st.reports))
         clients = sorted(st.reports[h] for h in cohort)
         log.info("event=reveal party=%d round=%d cohort=%d dropped=%d rejected=%d peer_bytes=%d seconds=%.3f",
                  self.id, r, len(cohort), len(st.reports) - len(cohort) - len(rejected), len(rejected),

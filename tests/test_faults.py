@@ -1,0 +1,59 @@
+"""Faults: a party killed with SIGKILL keeps every report it acknowledged; a round whose party is down
+ends in a typed error with nothing revealed, and closes once the party is back."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_client import SecureAggClient
+from mpc_agg.errors import AggregationTimeout, MpcAggError
+from mpc_agg.store import RoundStore
+from parties import Coordinator
+from parties.launcher import LocalDeployment
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_kill9_keeps_acknowledged_reports_and_down_party_blocks_reveal(tmp_path: Path) -> None:
+    with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
+        with Coordinator.from_config(ld.config) as coord:
+            coord.open_round(1, shapes={"w": (1000,)}, min_clients=3)
+            ups = [np.full(1000, float(i + 1)) for i in range(4)]
+            for i, u in enumerate(ups):
+                with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
+                    c.submit(1, {"w": u})
+            for victim in ("party-0", "party-2"):  # the leader (vectors) and a helper (seeds)
+                assert ld.stop_process(victim, signal.SIGKILL) == -signal.SIGKILL
+            # a party is down: the close fails with a typed error within its timeout, nothing is revealed
+            with pytest.raises(AggregationTimeout):
+                coord.close_round(1, timeout_s=5)
+            for i in (0, 2):
+                assert not RoundStore(ld.deployment.party(i).state_dir).is_revealed(1)
+            ld.start_party(0)
+            ld.start_party(2)
+            res = coord.close_round(1, timeout_s=60)  # recovered from disk: the full cohort
+    assert res.clients == ("client-0", "client-1", "client-2", "client-3")
+    assert np.allclose(res.average["w"].numpy(), 2.5)
+
+
+def test_torn_report_is_never_counted(tmp_path: Path) -> None:
+    from mpc_agg.spec import RoundSpec
+
+    store = RoundStore(tmp_path)
+    spec = RoundSpec.create(5, {"w": (4,)})
+    rdir = store.create_round(spec)
+    store.add_report(rdir, "aa" * 16, "client-0", b"\x01" * 32)
+    store.add_report(rdir, "bb" * 16, "client-1", b"\x02" * 32)
+    (rdir / f"{'bb' * 16}.share").write_bytes(b"\x02" * 31)  # torn material
+    with open(rdir / "reports.jsonl", "a") as f:
+        f.write('{"report": "cc')  # torn index line
+    [loaded] = list(store.load())
+    assert loaded.spec == spec and loaded.reports == (("aa" * 16, "client-0"),) and loaded.skipped == 2
+
+
+def test_errors_stay_typed(tmp_path: Path) -> None:
+    assert issubclass(AggregationTimeout, MpcAggError)
