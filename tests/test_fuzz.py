@@ -1,0 +1,101 @@
+"""Hostile network input: thousands of malformed frames at a party → typed errors, process up, next round fine.
+
+``MPC_AGG_FUZZ_FRAMES`` sets the count (default 3,000 in ``make test``; the full run uses 10,000)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from fl_client import SecureAggClient
+from mpc_agg.config import read_secret_key
+from mpc_agg.spec import RoundSpec
+from mpc_agg.transport import SecureContext
+from mpc_agg.wire import HEADER, MAGIC, PROTOCOL_VERSION, MsgType, decode_message, encode_message
+from parties import Coordinator
+from parties.launcher import LocalDeployment
+
+pytestmark = pytest.mark.timeout(300)
+FRAMES = int(os.environ.get("MPC_AGG_FUZZ_FRAMES", "3000"))
+
+
+def _malformed(rng: random.Random, digest: str, rid: str) -> list[bytes]:
+    """One hostile message: a mutation of a valid REPORT/GET_SPEC/OPEN/CLOSE, or noise."""
+    meta = {"round": 1, "client": "client-0", "report_id": os.urandom(16).hex(), "spec_digest": digest, "rid": rid}
+    kind = rng.randrange(12)
+    if kind == 0:
+        return [os.urandom(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 4))]
+    if kind == 1:  # wrong version / magic / flags / type
+        v, m, f, t = rng.choice([(2, MAGIC, 0, 6), (1, b"XXXX", 0, 6), (1, MAGIC, 1, 6), (1, MAGIC, 0, 99)])
+        body = json.dumps(meta).encode()
+        return [HEADER.pack(m, v, t, f, len(body), 0), body]
+    if kind == 2:  # lengths that lie
+        body = json.dumps(meta).encode()
+        return [HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, 0, len(body) + rng.randrange(1, 10**9), 0), body]
+    if kind == 3:  # announced payload count differs
+        body = json.dumps(meta).encode()
+        return [HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, 0, len(body), rng.randrange(2, 2**31)), body, b"x"]
+    if kind == 4:  # truncated or extended header
+        frames = encode_message(MsgType.REPORT, meta, [b"x"])
+        return [frames[0][: rng.randrange(16)] + os.urandom(rng.choice([0, 3])), *frames[1:]]
+    if kind == 5:  # metadata not JSON / not an object
+        junk = rng.choice([os.urandom(20), b"[1,2]", b'"s"', b"{" * 50])
+        return [HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, 0, len(junk), 0), junk]
+    if kind == 6:  # fields of the wrong type
+        bad = dict(meta, **{rng.choice([k for k in meta if k != "rid"]): rng.choice([None, [], {}, 1.5, True, -1])})
+        bad["rid"] = rid
+        return encode_message(MsgType.REPORT, bad, [os.urandom(32)])
+    if kind == 7:  # payload of the wrong size
+        return encode_message(MsgType.REPORT, meta, [os.urandom(rng.choice([0, 31, 33, 8000]))])
+    if kind == 8:  # a client pretending to be the coordinator
+        return encode_message(rng.choice([MsgType.OPEN_ROUND, MsgType.CLOSE_ROUND]), {"rid": rid, "round": 1,
+                                                                                  "session": "x", "spec": {}})
+    if kind == 9:  # a report claiming another client, or an unknown round
+        return encode_message(MsgType.REPORT, dict(meta, client="client-1") if rng.random() < 0.5
+                              else dict(meta, round=rng.randrange(2, 10**6)), [os.urandom(32)])
+    if kind == 10:  # message types a party does not serve
+        return encode_message(rng.choice([MsgType.PEER, MsgType.DEALER_REPLY, MsgType.SUM_SHARE, MsgType.OK]),
+                              {"rid": rid}, [])
+    return encode_message(MsgType.REPORT, dict(meta, spec_digest="0" * 64), [os.urandom(32)])
+
+
+def test_party_survives_malformed_frames(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(2026)
+    with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
+        with Coordinator.from_config(ld.config) as coord:
+            spec = coord.open_round(1, shapes={"w": (8,)}, min_clients=3)
+            target = ld.deployment.party(1)
+            pid = ld.procs["party-1"].pid
+            rss0 = psutil.Process(pid).memory_info().rss
+            c = ld.deployment.client("client-0")
+            with SecureContext() as sctx:
+                sock = sctx.client(zmq.DEALER, target.client_endpoint, public_key=c.public_key,
+                                   secret_key=read_secret_key(c.private_key_file, "c"), server_key=target.public_key)
+                codes: dict[str, int] = {}
+                sent = 0
+                for batch in range(0, FRAMES, 500):  # bounded pipelining
+                    n = min(500, FRAMES - batch)
+                    for i in range(n):
+                        sock.send_multipart(_malformed(rng, spec.digest(), f"{batch + i:016x}"))
+                    sent += n
+                    for _ in range(n):
+                        assert sock.poll(30_000), "the party stopped answering"
+                        reply = decode_message(sock.recv_multipart())
+                        assert reply.type == MsgType.ERROR, reply
+                        codes[reply.meta["code"]] = codes.get(reply.meta["code"], 0) + 1
+            assert sum(codes.values()) == sent == FRAMES
+            assert codes.get("wire", 0) > FRAMES // 3 and "auth" in codes and "error" not in codes
+            assert ld.alive()["party-1"]
+            assert psutil.Process(pid).memory_info().rss - rss0 < 64 * 2**20  # memory bounded
+            for i in range(3):  # and the round still works
+                with SecureAggClient.from_config(ld.config, f"client-{i + 1}") as cl:
+                    cl.submit(1, {"w": np.full(8, 0.5)})
+            res = coord.close_round(1, timeout_s=60)
+    assert np.allclose(res.average["w"].numpy(), 0.5)
