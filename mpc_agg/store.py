@@ -2,15 +2,16 @@
 
 Layout under a party's ``state_dir``::
 
-    round-<id>/spec.json          the round's spec (written before OPEN is acknowledged)
-    round-<id>/<report>.share     this party's share material (seed or int64 vector)
-    round-<id>/reports.jsonl      one line per acknowledged report: id, client, SHA-256 of the material
-    round-<id>/revealed           marker: the round's sum share was released (never again)
+    round-<id>/spec.json      the round's spec (written before OPEN is acknowledged)
+    round-<id>/reports.log    append-only records, one per acknowledged report:
+                              b"RPT1" | u32 header length | JSON header {report, client, len, sha256} | material
+    round-<id>/revealed       marker: the round's sum share was released (never again)
 
-Every file is written to a temporary name, fsync'ed and renamed; the index line
-is appended and fsync'ed before the party acknowledges the report.  So a report
-a client saw acknowledged survives ``kill -9``; a torn write is never taken for
-a report (its index line is missing or its checksum does not match).
+``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
+renamed.  A report's record is appended and the log fsync'ed (one fsync, no
+new directory entry) before the party acknowledges it.  So a report a client
+saw acknowledged survives ``kill -9``; a torn tail (a crash mid-append) is
+recognised by its length or checksum and never taken for a report.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .spec import RoundSpec
 
-__all__ = ["StoredRound", "RoundStore"]
+__all__ = ["StoredReport", "StoredRound", "RoundStore"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,13 +47,25 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
+RECORD_MAGIC = b"RPT1"
+_LEN = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    report: str
+    client: str
+    offset: int  # of the material in reports.log
+    length: int
+
+
 @dataclass(frozen=True)
 class StoredRound:
     spec: RoundSpec
     dir: Path
-    reports: tuple[tuple[str, str], ...]  # (report id hex, client id), in acknowledgement order
+    reports: tuple[StoredReport, ...]  # in acknowledgement order
     revealed: bool
-    skipped: int  # index lines whose material was missing or corrupt (never acknowledged)
+    torn: bool  # the log ended in a partial record (a crash mid-append; never acknowledged)
 
 
 class RoundStore:
@@ -67,49 +81,81 @@ class RoundStore:
     def create_round(self, spec: RoundSpec) -> Path:
         rdir = self.round_dir(spec.round_id)
         rdir.mkdir(exist_ok=True)
+        (rdir / "reports.log").touch()
         _write_atomic(rdir / "spec.json", json.dumps(spec.to_json()).encode())
         return rdir
 
-    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview) -> None:
-        _write_atomic(rdir / f"{report_hex}.share", material)
-        line = json.dumps({"report": report_hex, "client": client,
-                           "sha256": hashlib.sha256(material).hexdigest()}) + "\n"
-        with open(rdir / "reports.jsonl", "a") as f:
-            f.write(line)
+    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview) -> StoredReport:
+        """Append and fsync one report's record; returns where its material lies."""
+        length = memoryview(material).nbytes
+        header = json.dumps({"report": report_hex, "client": client, "len": length,
+                             "sha256": hashlib.sha256(material).hexdigest()}).encode()
+        with open(rdir / "reports.log", "ab") as f:
+            start = f.tell()
+            f.write(RECORD_MAGIC + _LEN.pack(len(header)) + header)
+            f.write(material)
             f.flush()
             os.fsync(f.fileno())
+        return StoredReport(report_hex, client, start + 8 + len(header), length)
+
+    @staticmethod
+    def material_path(rdir: Path) -> Path:
+        return rdir / "reports.log"
+
+    def read_material(self, rdir: Path, rep: StoredReport) -> bytes:
+        with open(rdir / "reports.log", "rb") as f:
+            f.seek(rep.offset)
+            return f.read(rep.length)
 
     def mark_revealed(self, rdir: Path, cohort: list[str]) -> None:
         _write_atomic(rdir / "revealed", json.dumps({"cohort": cohort}).encode())
 
-    def drop_material(self, rdir: Path, reports: list[str]) -> None:
-        for h in reports:
-            (rdir / f"{h}.share").unlink(missing_ok=True)
+    def drop_material(self, rdir: Path) -> None:
+        """After the reveal: keep only the report ids (the replay guard), not their shares."""
+        log_path = rdir / "reports.log"
+        ids = [{"report": r.report, "client": r.client} for r in self._records(log_path, verify=False)[0]]
+        _write_atomic(rdir / "revealed-reports.json", json.dumps(ids).encode())
+        log_path.unlink(missing_ok=True)
 
     def is_revealed(self, round_id: int) -> bool:
         return (self.round_dir(round_id) / "revealed").exists()
 
+    @staticmethod
+    def _records(path: Path, *, verify: bool = True) -> tuple[list[StoredReport], bool]:
+        """Parse a report log: (intact records, whether a torn tail followed them)."""
+        data = path.read_bytes() if path.exists() else b""
+        out, pos = [], 0
+        while pos < len(data):
+            try:
+                if data[pos:pos + 4] != RECORD_MAGIC:
+                    raise ValueError("bad magic")
+                (hlen,) = _LEN.unpack_from(data, pos + 4)
+                header = json.loads(data[pos + 8:pos + 8 + hlen])
+                start, length = pos + 8 + hlen, int(header["len"])
+                if start + length > len(data):
+                    raise ValueError("truncated material")
+                if verify and hashlib.sha256(data[start:start + length]).hexdigest() != header["sha256"]:
+                    raise ValueError("checksum mismatch")
+                out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
+                pos = start + length
+            except (ValueError, KeyError, TypeError, struct.error):
+                return out, True
+        return out, False
+
     def load(self) -> Iterator[StoredRound]:
-        """Every round on disk, with the reports whose material is intact."""
+        """Every round on disk, with the reports whose records are intact."""
         for rdir in sorted(self.root.glob("round-*")):
             try:
                 spec = RoundSpec.from_json(json.loads((rdir / "spec.json").read_text()))
             except (OSError, ValueError):
                 continue  # a round whose OPEN was never acknowledged
-            revealed = (rdir / "revealed").exists()
-            reports, skipped = [], 0
-            index = rdir / "reports.jsonl"
-            lines = index.read_text().splitlines() if index.exists() else []
-            for line in lines:
+            if (rdir / "revealed").exists():
                 try:
-                    entry = json.loads(line)
-                    h, client, digest = str(entry["report"]), str(entry["client"]), str(entry["sha256"])
-                except (ValueError, KeyError, TypeError):
-                    skipped += 1
-                    continue
-                path = rdir / f"{h}.share"
-                if not revealed and (not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest):
-                    skipped += 1
-                    continue
-                reports.append((h, client))
-            yield StoredRound(spec, rdir, tuple(reports), revealed, skipped)
+                    ids = json.loads((rdir / "revealed-reports.json").read_text())
+                    reps = tuple(StoredReport(str(x["report"]), str(x["client"]), 0, 0) for x in ids)
+                except (OSError, ValueError, KeyError, TypeError):
+                    reps = tuple(self._records(rdir / "reports.log", verify=False)[0])
+                yield StoredRound(spec, rdir, reps, True, False)
+                continue
+            reps_list, torn = self._records(rdir / "reports.log")
+            yield StoredRound(spec, rdir, tuple(reps_list), False, torn)

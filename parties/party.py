@@ -43,7 +43,7 @@ from mpc_agg.errors import (
 from mpc_agg.normcheck import verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
-from mpc_agg.store import RoundStore
+from mpc_agg.store import RoundStore, StoredReport
 from mpc_agg.service import Service
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import Message, MsgType, require
@@ -60,6 +60,7 @@ class _Round:
     dir: Path
     total: np.ndarray
     reports: dict[str, str] = field(default_factory=dict)  # report id (hex) -> client id
+    stored: dict[str, StoredReport] = field(default_factory=dict)  # where each report's material lies
     clients: set[str] = field(default_factory=set)
     revealed: bool = False
 
@@ -115,15 +116,16 @@ class Party(Service):
             spec = stored.spec
             st = _Round(spec, spec.digest(), stored.dir, np.zeros(0 if stored.revealed else spec.dim + 1, np.int64),
                         revealed=stored.revealed)
-            for h, client in stored.reports:
+            for rep in stored.reports:
                 if not stored.revealed:
-                    self._accumulate(st, client, h, (stored.dir / f"{h}.share").read_bytes())
-                st.reports[h] = client
-                st.clients.add(client)
-                self.seen_report_ids.add(h)
+                    self._accumulate(st, rep.client, rep.report, self.store.read_material(stored.dir, rep))
+                    st.stored[rep.report] = rep
+                st.reports[rep.report] = rep.client
+                st.clients.add(rep.client)
+                self.seen_report_ids.add(rep.report)
             self.rounds[spec.round_id] = st
-            log.info("event=recovered party=%d round=%d reports=%d revealed=%s skipped=%d",
-                     self.id, spec.round_id, len(stored.reports), stored.revealed, stored.skipped)
+            log.info("event=recovered party=%d round=%d reports=%d revealed=%s torn_tail=%s",
+                     self.id, spec.round_id, len(stored.reports), stored.revealed, stored.torn)
 
     # --- handlers ----------------------------------------------------------------------
     def _round(self, meta: dict[str, Any]) -> _Round:
@@ -192,7 +194,7 @@ class Party(Service):
         if len(msg.payloads) != 1 or msg.payloads[0].nbytes != expected:
             raise WireError(f"party {self.id} expects one payload of {expected} bytes")
         material = msg.payloads[0]
-        self.store.add_report(st.dir, report_hex, client, material)  # durable before the acknowledgement
+        st.stored[report_hex] = self.store.add_report(st.dir, report_hex, client, material)  # durable before the ack
         self._accumulate(st, client, report_hex, material)
         st.reports[report_hex] = client
         st.clients.add(client)
@@ -253,14 +255,15 @@ class Party(Service):
             raise CohortTooSmallError(
                 f"round {r}: {len(cohort)} reports are held by every party, the floor is {floor}; nothing revealed")
         for h in set(st.reports) - set(cohort):  # reports some other party never got
-            self._accumulate(st, st.reports[h], h, (st.dir / f"{h}.share").read_bytes(), subtract=True)
+            self._accumulate(st, st.reports[h], h, self.store.read_material(st.dir, st.stored[h]), subtract=True)
         from crypten.mpc.primitives import ArithmeticSharedTensor
 
         held = ArithmeticSharedTensor.from_shares(torch.from_numpy(st.total), precision=0)
         st.revealed = True
         self.store.mark_revealed(st.dir, cohort)
         st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
-        self.store.drop_material(st.dir, list(st.reports))
+        self.store.drop_material(st.dir)
+        st.stored.clear()
         clients = sorted(st.reports[h] for h in cohort)
         log.info("event=reveal party=%d round=%d cohort=%d dropped=%d rejected=%d peer_bytes=%d seconds=%.3f",
                  self.id, r, len(cohort), len(st.reports) - len(cohort) - len(rejected), len(rejected),
@@ -273,13 +276,14 @@ class Party(Service):
     def _share_rows(self, st: _Round, reports: list[str], start: int, count: int) -> np.ndarray:
         """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
         rows = np.empty((len(reports), count), dtype=np.int64)
+        path = self.store.material_path(st.dir)
         for j, h in enumerate(reports):
-            path = st.dir / f"{h}.share"
+            rep = st.stored[h]
             if self.is_leader:
-                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=8 * start)
+                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
             else:
                 ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                rows[j] = expand_seed(path.read_bytes(), ctx, self.id, count, start=start)
+                rows[j] = expand_seed(self.store.read_material(st.dir, rep), ctx, self.id, count, start=start)
         return rows
 
 

@@ -48,11 +48,17 @@ def test_torn_report_is_never_counted(tmp_path: Path) -> None:
     rdir = store.create_round(spec)
     store.add_report(rdir, "aa" * 16, "client-0", b"\x01" * 32)
     store.add_report(rdir, "bb" * 16, "client-1", b"\x02" * 32)
-    (rdir / f"{'bb' * 16}.share").write_bytes(b"\x02" * 31)  # torn material
-    with open(rdir / "reports.jsonl", "a") as f:
-        f.write('{"report": "cc')  # torn index line
     [loaded] = list(store.load())
-    assert loaded.spec == spec and loaded.reports == (("aa" * 16, "client-0"),) and loaded.skipped == 2
+    assert [r.report for r in loaded.reports] == ["aa" * 16, "bb" * 16] and not loaded.torn
+    assert store.read_material(rdir, loaded.reports[1]) == b"\x02" * 32
+    log = store.material_path(rdir)
+    log.write_bytes(log.read_bytes()[:-5])  # a crash in the middle of the second append
+    [loaded] = list(store.load())
+    assert loaded.spec == spec and [r.report for r in loaded.reports] == ["aa" * 16] and loaded.torn
+    data = bytearray(log.read_bytes())
+    data[loaded.reports[0].offset + 3] ^= 0x01  # a flipped bit in the first record's material
+    log.write_bytes(bytes(data))
+    assert [r.report for r in next(iter(store.load())).reports] == []
 
 
 def test_errors_stay_typed(tmp_path: Path) -> None:

@@ -189,8 +189,13 @@ def test_stored_share_is_indistinguishable_from_uniform(dep3: LocalDeployment, r
         coord.open_round(round_id, shapes={"w": (40_000,)}, min_clients=3)
         with SecureAggClient.from_config(dep3.config, "client-5") as c:
             report = c.submit(round_id, {"w": np.zeros(40_000)})  # worst case: a constant delta
+    from mpc_agg.store import RoundStore
+
     for party in range(3):
-        stored = (dep3.deployment.party(party).state_dir / f"round-{round_id}" / f"{report}.share").read_bytes()
+        store = RoundStore(dep3.deployment.party(party).state_dir)
+        [rnd] = [r for r in store.load() if r.spec.round_id == round_id]
+        [rep] = [r for r in rnd.reports if r.report == report]
+        stored = store.read_material(rnd.dir, rep)
         if party == 0:
             assert len(stored) == 8 * 40_001
             counts = np.bincount(np.frombuffer(stored, dtype=np.uint8), minlength=256)
