@@ -110,37 +110,45 @@ class RoundStore:
     def mark_revealed(self, rdir: Path, cohort: list[str]) -> None:
         _write_atomic(rdir / "revealed", json.dumps({"cohort": cohort}).encode())
 
-    def drop_material(self, rdir: Path) -> None:
+    def drop_material(self, rdir: Path, reports: dict[str, str]) -> None:
         """After the reveal: keep only the report ids (the replay guard), not their shares."""
-        log_path = rdir / "reports.log"
-        ids = [{"report": r.report, "client": r.client} for r in self._records(log_path, verify=False)[0]]
+        ids = [{"report": h, "client": c} for h, c in reports.items()]
         _write_atomic(rdir / "revealed-reports.json", json.dumps(ids).encode())
-        log_path.unlink(missing_ok=True)
+        (rdir / "reports.log").unlink(missing_ok=True)
 
     def is_revealed(self, round_id: int) -> bool:
         return (self.round_dir(round_id) / "revealed").exists()
 
     @staticmethod
-    def _records(path: Path, *, verify: bool = True) -> tuple[list[StoredReport], bool]:
-        """Parse a report log: (intact records, whether a torn tail followed them)."""
-        data = path.read_bytes() if path.exists() else b""
-        out, pos = [], 0
-        while pos < len(data):
-            try:
-                if data[pos:pos + 4] != RECORD_MAGIC:
-                    raise ValueError("bad magic")
-                (hlen,) = _LEN.unpack_from(data, pos + 4)
-                header = json.loads(data[pos + 8:pos + 8 + hlen])
-                start, length = pos + 8 + hlen, int(header["len"])
-                if start + length > len(data):
-                    raise ValueError("truncated material")
-                if verify and hashlib.sha256(data[start:start + length]).hexdigest() != header["sha256"]:
-                    raise ValueError("checksum mismatch")
-                out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
-                pos = start + length
-            except (ValueError, KeyError, TypeError, struct.error):
-                return out, True
-        return out, False
+    def _records(path: Path) -> tuple[list[StoredReport], bool]:
+        """Stream a report log: (intact records, whether a torn or corrupt tail followed them)."""
+        out: list[StoredReport] = []
+        if not path.exists():
+            return out, False
+        with open(path, "rb") as f:
+            while True:
+                pos = f.tell()
+                head = f.read(8)
+                if not head:
+                    return out, False
+                try:
+                    if len(head) < 8 or head[:4] != RECORD_MAGIC:
+                        raise ValueError("bad record start")
+                    (hlen,) = _LEN.unpack_from(head, 4)
+                    header = json.loads(f.read(hlen))
+                    length, digest = int(header["len"]), hashlib.sha256()
+                    start, left = pos + 8 + hlen, int(header["len"])
+                    while left:
+                        block = f.read(min(left, 1 << 20))
+                        if not block:
+                            raise ValueError("truncated material")
+                        digest.update(block)
+                        left -= len(block)
+                    if digest.hexdigest() != header["sha256"]:
+                        raise ValueError("checksum mismatch")
+                    out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
+                except (ValueError, KeyError, TypeError, struct.error):
+                    return out, True
 
     def load(self) -> Iterator[StoredRound]:
         """Every round on disk, with the reports whose records are intact."""
@@ -154,7 +162,7 @@ class RoundStore:
                     ids = json.loads((rdir / "revealed-reports.json").read_text())
                     reps = tuple(StoredReport(str(x["report"]), str(x["client"]), 0, 0) for x in ids)
                 except (OSError, ValueError, KeyError, TypeError):
-                    reps = tuple(self._records(rdir / "reports.log", verify=False)[0])
+                    reps = tuple(self._records(rdir / "reports.log")[0])
                 yield StoredRound(spec, rdir, reps, True, False)
                 continue
             reps_list, torn = self._records(rdir / "reports.log")

@@ -262,7 +262,7 @@ class Party(Service):
         st.revealed = True
         self.store.mark_revealed(st.dir, cohort)
         st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
-        self.store.drop_material(st.dir)
+        self.store.drop_material(st.dir, st.reports)
         st.stored.clear()
         clients = sorted(st.reports[h] for h in cohort)
         log.info("event=reveal party=%d round=%d cohort=%d dropped=%d rejected=%d peer_bytes=%d seconds=%.3f",
