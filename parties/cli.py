@@ -120,6 +120,7 @@ def _demo(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
+    from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
     from parties.federated import FedConfig, run_federated
 
     cfg = FedConfig(workdir=args.workdir, clients=args.clients, parties=args.parties, rounds=args.rounds,
@@ -137,9 +138,15 @@ def _demo(args: argparse.Namespace) -> int:
           f"({100 * (1 - last / first):.1f}% lower); report {args.report}, plot "
           f"{Path(args.report).with_suffix('.png')}, model {report.get('model_dir')}")
     diffs = [r["max_abs_diff_vs_plaintext"] for r in rows if r["max_abs_diff_vs_plaintext"] is not None]
+    ok = last < first
     if diffs:
-        print(f"secure average vs plaintext FedAvg: max |difference| {max(diffs):.2e} over all rounds")
-    return 0
+        frac_bits = args.frac_bits if args.frac_bits is not None else DEFAULT_FRAC_BITS
+        bound = args.clients * 2.0**-frac_bits
+        ok = ok and max(diffs) <= bound
+        print(f"secure average vs plaintext FedAvg: max |difference| {max(diffs):.2e} over all rounds "
+              f"(bound n·2^-{frac_bits} = {bound:.2e})")
+    print(f"check: {'PASSED' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

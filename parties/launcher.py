@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -75,12 +74,3 @@ class LocalDeployment:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
-
-def wait_until(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``pred`` until true (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
