@@ -37,7 +37,7 @@ import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.errors import AuthError, DuplicateReportError, RoundStateError, WireError
-from mpc_agg.service import Reply, Service
+from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import Message, MsgType, require
 
@@ -90,11 +90,7 @@ class PlainServer(Service):
         return MsgType.OK, {}, []
 
     def _on_report(self, identity: str, msg: Message) -> Reply:
-        if not identity.startswith("client:"):
-            raise AuthError("only clients submit reports")
-        client = identity.split(":", 1)[1]
-        if require(msg.meta, "client", str) != client:
-            raise AuthError(f"report claims client {msg.meta['client']!r} but comes from {client!r}")
+        client = reporting_client(identity, msg.meta)
         st = self._open_round(msg.meta)
         weight = float(require(msg.meta, "weight", (int, float)))
         if not (math.isfinite(weight) and weight > 0):

@@ -52,6 +52,7 @@ def train_locally(model: Any, data: dict[str, torch.Tensor], *, steps: int, batc
     n = data["input_ids"].shape[0]
     losses = []
     for _ in range(steps):
+        # minibatch choice only: no secret depends on it (shares and noise use AES-CTR, mpc_agg.sharing/dp)
         idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
         out = model(**{k: v[idx] for k, v in data.items()})
         if not torch.isfinite(out.loss):

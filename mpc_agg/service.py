@@ -13,14 +13,24 @@ from typing import Any, Callable, Sequence
 
 import zmq
 
-from .errors import MpcAggError, WireError
+from .errors import AuthError, MpcAggError, UnknownClientError, WireError
 from .transport import SecureContext, recv_authenticated
-from .wire import Message, MsgType, encode_message
+from .wire import Message, MsgType, encode_message, require
 
-__all__ = ["Service", "Reply"]
+__all__ = ["Service", "Reply", "reporting_client"]
 
 Reply = tuple[MsgType, dict[str, Any], Sequence[Any]]
 Handler = Callable[[str, Message], Reply]
+
+
+def reporting_client(identity: str, meta: dict[str, Any]) -> str:
+    """The client id a report comes from: its authenticated CURVE identity, which the metadata must repeat."""
+    if not identity.startswith("client:"):
+        raise AuthError("only clients submit reports")
+    client = identity.split(":", 1)[1]
+    if require(meta, "client", str) != client:
+        raise UnknownClientError(f"report claims client {meta['client']!r} but comes from {client!r}")
+    return client
 
 
 class Service:

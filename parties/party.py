@@ -37,14 +37,13 @@ from mpc_agg.errors import (
     DuplicateReportError,
     RoundStateError,
     SpecMismatchError,
-    UnknownClientError,
     WireError,
 )
 from mpc_agg.normcheck import verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
-from mpc_agg.service import Service
+from mpc_agg.service import Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import Message, MsgType, require
 
@@ -173,11 +172,7 @@ class Party(Service):
             accumulate_seed(st.total, bytes(material), ctx, self.id, subtract=subtract)
 
     def _on_report(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
-        if not identity.startswith("client:"):
-            raise AuthError("only clients submit reports")
-        client = identity.split(":", 1)[1]
-        if require(msg.meta, "client", str) != client:
-            raise UnknownClientError(f"report claims client {msg.meta['client']!r} but comes from {client!r}")
+        client = reporting_client(identity, msg.meta)
         st = self._round(msg.meta)
         if st.revealed:
             raise RoundStateError(f"round {st.spec.round_id} is closed")
