@@ -3,17 +3,20 @@
 Subclasses map message types to handlers ``(identity, message) -> (type, meta,
 payloads)``; a handler's typed error becomes an ERROR reply with its code, a
 malformed frame a ``wire`` ERROR, and the process keeps serving either way.
-``stop()`` (e.g. from SIGTERM) ends ``serve()`` after the request in hand.
+``stop()`` (e.g. from SIGTERM) drains queued requests, then ends ``serve()``.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
+import time
 from typing import Any, Callable, Sequence
 
 import zmq
 
 from .errors import AuthError, MpcAggError, UnknownClientError, WireError
+from .logs import event
 from .transport import SecureContext, recv_authenticated
 from .wire import Message, MsgType, encode_message, require
 
@@ -21,6 +24,11 @@ __all__ = ["Service", "Reply", "reporting_client"]
 
 Reply = tuple[MsgType, dict[str, Any], Sequence[Any]]
 Handler = Callable[[str, Message], Reply]
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def reporting_client(identity: str, meta: dict[str, Any]) -> str:
@@ -34,25 +42,54 @@ def reporting_client(identity: str, meta: dict[str, Any]) -> str:
 
 
 class Service:
-    """Serve ``handlers`` on ``sock`` until stopped; closes ``sctx`` at the end."""
+    """Serve ``handlers`` on ``sock`` until stopped; closes ``sctx`` at the end.
+
+    ``stop()`` (SIGTERM) drains: the request in hand finishes, then requests that
+    are already queued are still answered until none arrives for ``drain_idle_s``
+    (at most ``drain_s`` in all); only then do the sockets close.  Every
+    ``health_interval_s`` the service logs one ``event=health`` line.
+    """
 
     log = logging.getLogger("mpc_agg.service")
+    drain_s = 10.0
+    drain_idle_s = 0.2
+    health_interval_s = 60.0
 
     def __init__(self, sctx: SecureContext, sock: zmq.Socket, handlers: dict[MsgType, Handler], name: str) -> None:
         self.sctx, self.sock, self.handlers, self.name = sctx, sock, handlers, name
         self._stop = False
+        self.started = time.monotonic()
+        self.counters = {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
 
     def stop(self, *_: Any) -> None:
         self._stop = True
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def health(self) -> dict[str, Any]:
+        """Liveness figures for ``mpc-agg status`` and the periodic ``event=health`` line."""
+        return {"service": self.name, "uptime_s": round(time.monotonic() - self.started, 1),
+                "peak_rss_bytes": _peak_rss_bytes(), "draining": self._stop, **self.counters}
+
     def serve(self) -> None:
-        self.log.info("event=start service=%s", self.name)
+        event(self.log, "start", service=self.name)
+        next_health = time.monotonic() + self.health_interval_s
         try:
             while not self._stop:
                 if self.sock.poll(200, zmq.POLLIN):
                     self.handle_one()
+                if time.monotonic() >= next_health:
+                    event(self.log, "health", **self.health())
+                    next_health = time.monotonic() + self.health_interval_s
+            drained, deadline = 0, time.monotonic() + self.drain_s
+            while time.monotonic() < deadline and self.sock.poll(int(self.drain_idle_s * 1000), zmq.POLLIN):
+                self.handle_one()
+                drained += 1
+            event(self.log, "drained", service=self.name, requests=drained)
         finally:
-            self.log.info("event=stop service=%s", self.name)
+            event(self.log, "stop", service=self.name, **self.counters)
             self.close()
 
     def close(self) -> None:
@@ -62,7 +99,9 @@ class Service:
         try:
             routing_id, identity, msg = recv_authenticated(self.sock)
         except WireError as exc:
-            self.log.warning("event=bad_frame service=%s error=%s", self.name, exc)
+            self.counters["bad_frames"] += 1
+            event(self.log, "bad_frame", logging.WARNING, service=self.name,
+                  identity=getattr(exc, "identity", "unknown"), error=exc)
             self.reply_error(getattr(exc, "routing_id", None), None, exc)
             return
         try:
@@ -71,15 +110,19 @@ class Service:
                 raise WireError(f"message type {msg.type.name} is not served here")
             mtype, meta, payloads = handler(identity, msg)
         except MpcAggError as exc:
-            self.log.info("event=refused service=%s from=%s type=%s code=%s reason=%s",
-                          self.name, identity, msg.type.name, exc.code, exc)
+            self.counters["refused"] += 1
+            event(self.log, "refused", service=self.name, identity=identity, type=msg.type.name, code=exc.code,
+                  reason=exc)
             self.reply_error(routing_id, msg.meta.get("rid"), exc)
             return
         except Exception as exc:  # a bug or a library failure must not take the service down
-            self.log.exception("event=internal_error service=%s from=%s type=%s", self.name, identity, msg.type.name)
+            self.counters["internal_errors"] += 1
+            event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name, identity=identity,
+                  type=msg.type.name)
             self.reply_error(routing_id, msg.meta.get("rid"),
                              MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
             return
+        self.counters["handled"] += 1
         self.reply(routing_id, mtype, {**meta, "rid": msg.meta.get("rid")}, payloads)
 
     def reply(self, routing_id: bytes, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> None:

@@ -40,9 +40,7 @@ class SecureContext:
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
-        self._auth = _KeyAuthenticator(self.ctx)
-        self._auth.start()
-        self._auth.allow_any = False
+        self._auth: _KeyAuthenticator | None = None  # started with the first server socket
         self._sockets: list[zmq.Socket] = []
 
     def server(
@@ -57,6 +55,10 @@ class SecureContext:
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> zmq.Socket:
         """Bind a CURVE server socket that admits only ``allowed`` (key → identity)."""
+        if self._auth is None:
+            self._auth = _KeyAuthenticator(self.ctx)
+            self._auth.start()
+            self._auth.allow_any = False
         self._auth.certs[domain] = {k.encode("ascii"): True for k in allowed}
         self._auth.identities.update({k.encode("ascii"): v for k, v in allowed.items()})
         s = self.ctx.socket(sock_type)
@@ -87,7 +89,8 @@ class SecureContext:
         for s in self._sockets:
             s.close(linger=0)
         self._sockets.clear()
-        self._auth.stop()
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
 
     def __enter__(self) -> "SecureContext":

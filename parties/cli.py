@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.cmd in ("party", "dealer") else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    from mpc_agg.logs import configure
+
+    configure(logging.INFO if args.verbose or args.cmd in ("party", "dealer") else logging.WARNING)
     if args.cmd in ("party", "dealer"):
         # SIGTERM while still starting up (imports take seconds): exit cleanly at once.
         # The serving loop replaces this with a handler that drains the current request.

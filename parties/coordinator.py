@@ -23,6 +23,7 @@ from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
 from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
 from mpc_agg.fixedpoint import decode
+from mpc_agg.logs import event
 from mpc_agg.sharing import reconstruct
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
@@ -134,12 +135,12 @@ class Coordinator:
         report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
                                 noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm)
-        event = _dp_event(spec)
-        if event is not None:
-            self.ledger.check(round_id, event)
+        dp_event = _dp_event(spec)
+        if dp_event is not None:
+            self.ledger.check(round_id, dp_event)
         self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
         self.specs[round_id] = spec
-        log.info("event=open round=%d dim=%d", round_id, spec.dim)
+        event(log, "open", round=round_id, dim=spec.dim)
         return spec
 
     def close_round(self, round_id: int, *, timeout_s: float = 60.0) -> RoundResult:
@@ -148,8 +149,10 @@ class Coordinator:
         if spec is None:
             raise RefusedError(f"round {round_id} was not opened by this coordinator")
         t0 = time.monotonic()
+        # the parties drop a close request that reaches them after this deadline (their clocks must
+        # agree with ours to well under timeout_s, as NTP gives)
         answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
-                                                  "timeout_s": timeout_s}, timeout_s)
+                                                  "deadline": time.time() + timeout_s}, timeout_s)
         cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
         if len(cohorts) != 1:
             raise RefusedError("parties revealed different cohorts: result discarded")
@@ -170,12 +173,12 @@ class Coordinator:
             out[name] = torch.from_numpy(avg[off:off + n].reshape(shape).copy())
             off += n
         clients = tuple(answers[0].meta.get("clients", ()))
-        event = _dp_event(spec)
-        epsilon = None if event is None else self.ledger.record(round_id, event)
-        log.info("event=reveal round=%d clients=%d", round_id, len(clients))
+        dp_event = _dp_event(spec)
+        epsilon = None if dp_event is None else self.ledger.record(round_id, dp_event)
+        event(log, "reveal", round=round_id, clients=len(clients))
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
                            tuple(answers[0].meta.get("rejected", ())), epsilon,
-                           None if event is None else self.ledger.delta)
+                           None if dp_event is None else self.ledger.delta)
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""

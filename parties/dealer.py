@@ -34,6 +34,7 @@ from mpc_agg.crypten_glue import (
 from mpc_agg.errors import AuthError, MpcAggError, WireError
 from mpc_agg.service import Service
 from mpc_agg.sharing import SEED_BYTES
+from mpc_agg.logs import event
 from mpc_agg.transport import SecureContext, recv_authenticated
 from mpc_agg.wire import MsgType, require
 
@@ -164,7 +165,7 @@ class Dealer(Service):
             request = (require(msg.meta, "fn", str), msg.meta.get("params"))
             canon = repr(request)
         except MpcAggError as exc:
-            log.warning("event=bad_request error=%s", exc)
+            event(log, "bad_request", logging.WARNING, error=exc)
             return
         slot = self.pending.setdefault(key, {})
         slot[party] = (rid, msg.meta.get("rid"), canon)

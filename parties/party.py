@@ -39,6 +39,7 @@ from mpc_agg.errors import (
     SpecMismatchError,
     WireError,
 )
+from mpc_agg.logs import event
 from mpc_agg.normcheck import verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
@@ -123,8 +124,8 @@ class Party(Service):
                 st.clients.add(rep.client)
                 self.seen_report_ids.add(rep.report)
             self.rounds[spec.round_id] = st
-            log.info("event=recovered party=%d round=%d reports=%d revealed=%s torn_tail=%s",
-                     self.id, spec.round_id, len(stored.reports), stored.revealed, stored.torn)
+            event(log, "recovered", party=self.id, round=spec.round_id, reports=len(stored.reports),
+                  revealed=stored.revealed, torn_tail=stored.torn)
 
     # --- handlers ----------------------------------------------------------------------
     def _round(self, meta: dict[str, Any]) -> _Round:
@@ -136,7 +137,7 @@ class Party(Service):
     def _on_status(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         rounds = {str(r): {"reports": len(st.reports), "revealed": st.revealed} for r, st in self.rounds.items()}
         return MsgType.STATUS, {"party": self.id, "leader": self.is_leader, "rounds": rounds,
-                                "min_clients": self.cfg.min_clients}, []
+                                "min_clients": self.cfg.min_clients, **self.health()}, []
 
     def _on_get_spec(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         st = self._round(msg.meta)
@@ -158,7 +159,7 @@ class Party(Service):
             raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
         rdir = self.store.create_round(spec)
         self.rounds[spec.round_id] = _Round(spec, digest, rdir, np.zeros(spec.dim + 1, dtype=np.int64))
-        log.info("event=open party=%d round=%d dim=%d digest=%s", self.id, spec.round_id, spec.dim, digest[:16])
+        event(log, "open", party=self.id, round=spec.round_id, dim=spec.dim, digest=digest[:16])
         return MsgType.OK, {"digest": digest}, []
 
     def _accumulate(self, st: _Round, client: str, report_hex: str, material: bytes | memoryview, *,
@@ -194,7 +195,7 @@ class Party(Service):
         st.reports[report_hex] = client
         st.clients.add(client)
         self.seen_report_ids.add(report_hex)
-        log.info("event=report party=%d round=%d client=%s report=%s", self.id, st.spec.round_id, client, report_hex)
+        event(log, "report", party=self.id, round=st.spec.round_id, client=client, report=report_hex)
         return MsgType.OK, {"report_id": report_hex}, []
 
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
@@ -202,12 +203,16 @@ class Party(Service):
             raise AuthError("only the coordinator closes rounds")
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
-        timeout = msg.meta.get("timeout_s", self.peer_timeout_s)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-            raise WireError("timeout_s must be a positive number")
-        self.comm.timeout_s = min(float(timeout), self.peer_timeout_s)  # give up when the coordinator does
+        deadline = msg.meta.get("deadline")
+        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+            raise WireError("deadline must be a number (seconds since the epoch)")
+        left = float(deadline) - time.time()
+        if not left > 0:  # e.g. delivered late after a network cut: the coordinator has given up on it
+            raise RoundStateError(f"close request for round {r} arrived after its deadline; ignored")
+        self.comm.timeout_s = min(left, self.peer_timeout_s)  # give up when the coordinator does
         st = self.rounds.get(r)
         t0, bytes0 = time.monotonic(), self.comm.comm_bytes
+        event(log, "close_start", party=self.id, round=r, session=session, timeout_s=round(self.comm.timeout_s, 1))
         # Every party runs the agreement even when it will refuse, so that all refuse together.
         activate(self.comm, self.provider, f"close:{r}:{session}")
         status = torch.zeros(7, dtype=torch.int64)
@@ -260,9 +265,9 @@ class Party(Service):
         self.store.drop_material(st.dir, st.reports)
         st.stored.clear()
         clients = sorted(st.reports[h] for h in cohort)
-        log.info("event=reveal party=%d round=%d cohort=%d dropped=%d rejected=%d peer_bytes=%d seconds=%.3f",
-                 self.id, r, len(cohort), len(st.reports) - len(cohort) - len(rejected), len(rejected),
-                 self.comm.comm_bytes - bytes0, time.monotonic() - t0)
+        event(log, "reveal", party=self.id, round=r, cohort=len(cohort),
+              dropped=len(st.reports) - len(cohort) - len(rejected), rejected=len(rejected),
+              peer_bytes=self.comm.comm_bytes - bytes0, seconds=round(time.monotonic() - t0, 3))
         share = held.share.numpy()
         meta = {"round": r, "party": self.id, "cohort": cohort, "clients": clients,
                 "rejected": sorted(st.reports[h] for h in rejected)}

@@ -218,3 +218,19 @@ def test_bad_frames_get_a_typed_error_and_the_party_stays_up(dep3: LocalDeployme
         req.sctx.close()  # type: ignore[attr-defined]
     assert all(dep3.alive().values())
     _healthy(dep3, round_id)
+
+
+def test_replayed_close_after_its_deadline_is_ignored(dep3: LocalDeployment, round_id: int) -> None:
+    """A close message that reaches a party late (a replay, or delivered after a network cut) reveals nothing."""
+    with Coordinator.from_config(dep3.config) as coord:
+        coord.open_round(round_id, shapes=SHAPES, min_clients=3)
+        _submit(dep3, round_id, range(3), value=0.5)
+        req = _raw(dep3, 0, dep3.deployment.coordinator_public_key, dep3.deployment.coordinator_private_key_file)
+        try:
+            with pytest.raises(RoundStateError, match="after its deadline"):
+                req.request(MsgType.CLOSE_ROUND, {"round": round_id, "session": "old", "deadline": time.time() - 1},
+                            timeout_s=10, what="party 0")
+        finally:
+            req.sctx.close()  # type: ignore[attr-defined]
+        res = coord.close_round(round_id, timeout_s=30)  # the round is untouched and closes normally
+    assert np.allclose(res.average["w"].numpy(), 0.5)
