@@ -232,16 +232,22 @@ def print_report(rep: dict[str, Any]) -> None:
 
 
 def _parties(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 2:
         raise argparse.ArgumentTypeError(f"must be >= 2, got {v}")
     return v
 
 
 def _seconds(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return v
 
 

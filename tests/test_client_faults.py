@@ -1,0 +1,88 @@
+"""Client faults: a connection cut in the middle of a report frame leaves no half-report, and a client that
+reached only some parties is left out by every party (the cohort stays consistent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_client import SecureAggClient
+from mpc_agg.errors import AggregationTimeout
+from parties import Coordinator
+from parties.launcher import LocalDeployment
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class CuttingProxy:
+    """A one-connection TCP proxy on loopback that forwards until ``cut_after`` client bytes, then drops both
+    sides, so the party sees a frame end half-way."""
+
+    def __init__(self, target: tuple[str, int], cut_after: int) -> None:
+        self.target, self.cut_after = target, cut_after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.forwarded = 0
+        self.cut = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.listener.settimeout(30)
+        try:
+            a, _ = self.listener.accept()
+        finally:
+            self.listener.close()  # one connection only: a reconnect finds nothing
+        b = socket.create_connection(self.target, timeout=30)
+        try:
+            for _ in range(100_000):  # bounded
+                ready, _, _ = select.select([a, b], [], [], 30)
+                if not ready:
+                    return
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    if src is a:
+                        data = data[: self.cut_after - self.forwarded]
+                        self.forwarded += len(data)
+                    (b if src is a else a).sendall(data)
+                    if self.forwarded >= self.cut_after:
+                        return
+        finally:
+            self.cut.set()
+            for s in (a, b):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()  # RST, like a process or link that died
+
+
+def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_path: Path) -> None:
+    dim = 200_000  # the leader's share is 1.6 MB: the cut falls inside its frame
+    with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
+        dep = ld.deployment
+        leader = dep.party(0)
+        host, port = leader.client_endpoint.removeprefix("tcp://").rsplit(":", 1)
+        proxy = CuttingProxy((host, int(port)), cut_after=600_000)
+        via_proxy = dataclasses.replace(dep, parties=(
+            dataclasses.replace(leader, client_endpoint=f"tcp://127.0.0.1:{proxy.port}"), *dep.parties[1:]))
+        with Coordinator(dep) as coord:
+            coord.open_round(1, shapes={"w": (dim,)}, min_clients=3)
+            with SecureAggClient(via_proxy, "client-0", timeout_s=5) as c:
+                with pytest.raises(AggregationTimeout):
+                    c.submit(1, {"w": np.full(dim, 100.0)})  # helpers get their seeds, the leader half a frame
+            assert proxy.cut.wait(30) and 0 < proxy.forwarded <= 600_000
+            counts = [s["rounds"]["1"]["reports"] for s in coord.status()]
+            assert counts == [0, 1, 1], counts  # no half-report at the leader
+            for i in (1, 2, 3):
+                with SecureAggClient(dep, f"client-{i}") as c:
+                    c.submit(1, {"w": np.full(dim, float(i))})
+            res = coord.close_round(1, timeout_s=60)
+        assert all(ld.alive().values())
+    assert res.clients == ("client-1", "client-2", "client-3")  # client-0 left out by every party
+    assert np.allclose(res.average["w"].numpy(), 2.0)
