@@ -142,17 +142,19 @@ def plot(rep: dict[str, Any], png: Path) -> None:
         lines += ax.plot(x, [p["plaintext_round_s"] for p in pts], "s-", label="plaintext FedAvg round")
         ax2 = ax.twinx()
         lines += ax2.plot(x, [p["ratio"] for p in pts], "^--", color="tab:gray", label="ratio secure / plaintext")
-        ax2.set_ylabel("ratio")
+        ax2.set_ylabel("ratio secure / plaintext")
+        ax2.set_ylim(bottom=0)
         if param == "dim":
             ax.set_xscale("log")
             ax.set_yscale("log")
         else:
             ax.set_xticks(x)
+            ax.set_ylim(bottom=0)
         ax.set_xlabel(label)
         ax.set_ylabel("round time, median (s)")
         ax.set_title(f"time vs {short[param]} ({', '.join(f'{short[h]}={fixed[h]:,}' for h in held)})")
         ax.grid(alpha=0.3)
-        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper left")
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best", framealpha=0.8)
     ax = axes[1, 1]
     if rep["rss"]:
         x = [p["clients"] for p in rep["rss"]]
@@ -160,7 +162,8 @@ def plot(rep: dict[str, Any], png: Path) -> None:
         ax.plot(x, [p["helper_peak_bytes"] / 2**20 for p in rep["rss"]], "s-", label="helpers (max)")
         ax.set_xticks(x)
         ax.set_title(f"party peak RSS vs n (d={rep['rss'][0]['dim']:,}, k={rep['rss'][0]['parties']})")
-        ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("clients n")
     ax.set_ylabel("peak RSS (MiB)")
     ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Callable, Sequence
 
 from mpc_agg.config import Deployment, generate_deployment
 
@@ -19,27 +20,31 @@ class LocalDeployment:
 
     def __init__(self, workdir: str | os.PathLike[str], *, parties: int = 3, clients: int = 3,
                  min_clients: int = 3, dealer: bool = True, log_dir: str | os.PathLike[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, hosts: Sequence[str] | None = None,
+                 party_prefix: Callable[[int], Sequence[str]] | None = None) -> None:
+        """``hosts``: one address per party (default loopback); ``party_prefix(i)``: argv that wraps
+        party i's command, e.g. ``["ip", "netns", "exec", "ns-i"]`` to run it in its own network namespace."""
         self.workdir = Path(workdir)
         self.config = generate_deployment(self.workdir, parties=parties, clients=clients,
-                                          min_clients=min_clients, with_dealer=dealer)
+                                          min_clients=min_clients, with_dealer=dealer, hosts=hosts)
+        self.party_prefix = party_prefix
         self.deployment = Deployment.load(self.config)
         self.log_dir = Path(log_dir) if log_dir else self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.dealer = dealer
         self.env = None if env is None else {**os.environ, **env}
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, prefix: Sequence[str] = ()) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "parties.cli", *args, "--config", str(self.config)],
+            [*prefix, sys.executable, "-m", "parties.cli", *args, "--config", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent, env=self.env,
         )
         log.close()
 
     def start_party(self, i: int) -> None:
-        self._spawn(f"party-{i}", "party", "--id", str(i))
+        self._spawn(f"party-{i}", "party", "--id", str(i), prefix=self.party_prefix(i) if self.party_prefix else ())
 
     def start_dealer(self) -> None:
         self._spawn("dealer", "dealer")
