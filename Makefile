@@ -28,3 +28,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) demo-out bench-out
+
+# Flower's SecAgg+ beside mpc-agg; installs the `bench` extra (flwr[simulation]) into .venv first.
+bench-flower: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json

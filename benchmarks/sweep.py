@@ -141,9 +141,10 @@ def plot(rep: dict[str, Any], png: Path) -> None:
         lines = ax.plot(x, [p["secure_round_s"] for p in pts], "o-", label="secure round")
         lines += ax.plot(x, [p["plaintext_round_s"] for p in pts], "s-", label="plaintext FedAvg round")
         ax2 = ax.twinx()
-        lines += ax2.plot(x, [p["ratio"] for p in pts], "^--", color="tab:gray", label="ratio secure / plaintext")
+        ratio = [p["ratio"] for p in pts]
+        lines += ax2.plot(x, ratio, "^--", color="tab:gray", label="ratio secure / plaintext")
         ax2.set_ylabel("ratio secure / plaintext")
-        ax2.set_ylim(bottom=0)
+        ax2.set_ylim(0, 1.15 * max(ratio))
         if param == "dim":
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -162,7 +163,7 @@ def plot(rep: dict[str, Any], png: Path) -> None:
         ax.plot(x, [p["helper_peak_bytes"] / 2**20 for p in rep["rss"]], "s-", label="helpers (max)")
         ax.set_xticks(x)
         ax.set_title(f"party peak RSS vs n (d={rep['rss'][0]['dim']:,}, k={rep['rss'][0]['parties']})")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.1 * max(p["leader_peak_bytes"] / 2**20 for p in rep["rss"]) + 1)
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("clients n")
     ax.set_ylabel("peak RSS (MiB)")
@@ -186,7 +187,7 @@ def _count(text: str) -> int:
 
 
 def _counts(text: str) -> list[int]:
-    out = [_count(t) for t in text.split(",") if t.strip()]
+    out = list(dict.fromkeys(_count(t) for t in text.split(",") if t.strip()))  # in order, no repeats
     if not out:
         raise argparse.ArgumentTypeError("needs at least one value")
     return out

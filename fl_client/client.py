@@ -2,12 +2,14 @@
 
 The client fetches the round's spec from every party and refuses to submit
 unless all of them agree (a coordinator cannot hand parties different specs).
-The upload is one int64 vector to the leader and a 32-byte seed to each helper
-(mpc_agg.sharing), each over its party's CURVE channel.
+The upload is a 32-byte seed to each helper and the int64 share vector to the
+leader (mpc_agg.sharing), in chunks once the leader admits the upload, each over
+its party's CURVE channel.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -19,14 +21,16 @@ import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
-from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError
+from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
-from mpc_agg.sharing import ShareContext, split
+from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
 
 __all__ = ["SecureAggClient", "flatten_update"]
+
+UPLOAD_WINDOW = 4  # leader chunks in flight per client
 
 
 def _to_numpy(v: Any) -> np.ndarray:
@@ -135,18 +139,38 @@ class SecureAggClient:
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
         report_id = os.urandom(16)
-        leader, seeds = split(ring, len(self._req), ShareContext(round_id, self.client_id, report_id))
+        ctx = ShareContext(round_id, self.client_id, report_id)
+        seeds = new_seeds(len(self._req))
         meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
                 "spec_digest": spec.digest()}
         deadline = time.monotonic() + self.timeout_s
-        # helpers first (tiny seeds), the leader last
-        rids = [(r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
-        rids.append((self._req[0], self._req[0].send(MsgType.REPORT, meta, [leader.data])))
-        for i, (r, rid) in enumerate(rids):
-            r.wait(rid, deadline, "party")
+        # helpers first (tiny seeds), then the leader's share in chunks
+        rids = [(i, r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
+        self._upload_leader(meta, ring, seeds, ctx, deadline)
+        for i, r, rid in rids:
+            r.wait(rid, deadline, f"party {i}")
         if event is not None:
             self.ledger.record(round_id, event)
         return report_id.hex()
+
+    def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
+                       deadline: float) -> None:
+        """Send the leader its share chunk by chunk (computed chunk by chunk), a few chunks in flight."""
+        req = self._req[0]
+        go = req.wait(req.send(MsgType.REPORT_BEGIN, {**meta, "deadline": time.time() + deadline - time.monotonic()}),
+                      deadline, "party 0")
+        chunk = go.meta.get("chunk")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0 or chunk % 2:
+            raise WireError("party 0 announced an invalid chunk size")
+        pending: collections.deque[str] = collections.deque()
+        for start in range(0, ring.size, chunk):
+            part = leader_share(ring[start:start + chunk], seeds, ctx, start=start)
+            pending.append(req.send(MsgType.REPORT_CHUNK, {"round": meta["round"], "report_id": meta["report_id"],
+                                                           "offset": start}, [part.data]))
+            if len(pending) >= UPLOAD_WINDOW:
+                req.wait(pending.popleft(), deadline, "party 0")
+        while pending:
+            req.wait(pending.popleft(), deadline, "party 0")
 
     def _check_privacy(self, spec: RoundSpec, weight: float) -> SkellamRound | None:
         """Apply this client's own floors; returns the round's DP event (None when un-noised)."""

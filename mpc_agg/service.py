@@ -1,7 +1,7 @@
 """A request/reply server on one CURVE ROUTER socket: the shape every role process shares.
 
 Subclasses map message types to handlers ``(identity, message) -> (type, meta,
-payloads)``; a handler's typed error becomes an ERROR reply with its code, a
+payloads)``, or None for a request they answer later with :meth:`Service.answer`; a handler's typed error becomes an ERROR reply with its code, a
 malformed frame a ``wire`` ERROR, and the process keeps serving either way.
 ``stop()`` (e.g. from SIGTERM) drains queued requests, then ends ``serve()``.
 """
@@ -23,7 +23,7 @@ from .wire import Message, MsgType, encode_message, require
 __all__ = ["Service", "Reply", "reporting_client"]
 
 Reply = tuple[MsgType, dict[str, Any], Sequence[Any]]
-Handler = Callable[[str, Message], Reply]
+Handler = Callable[[str, Message], "Reply | None"]
 
 
 def _peak_rss_bytes() -> int:
@@ -58,6 +58,7 @@ class Service:
     def __init__(self, sctx: SecureContext, sock: zmq.Socket, handlers: dict[MsgType, Handler], name: str) -> None:
         self.sctx, self.sock, self.handlers, self.name = sctx, sock, handlers, name
         self._stop = False
+        self._routing_id = b""
         self.started = time.monotonic()
         self.counters = {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
 
@@ -80,6 +81,7 @@ class Service:
             while not self._stop:
                 if self.sock.poll(200, zmq.POLLIN):
                     self.handle_one()
+                self.tick()
                 if time.monotonic() >= next_health:
                     event(self.log, "health", **self.health())
                     next_health = time.monotonic() + self.health_interval_s
@@ -95,6 +97,9 @@ class Service:
     def close(self) -> None:
         self.sctx.close()
 
+    def tick(self) -> None:
+        """Called about every 200 ms between requests (timeouts of work in progress)."""
+
     def handle_one(self) -> None:
         try:
             routing_id, identity, msg = recv_authenticated(self.sock)
@@ -104,11 +109,19 @@ class Service:
                   identity=getattr(exc, "identity", "unknown"), error=exc)
             self.reply_error(getattr(exc, "routing_id", None), None, exc)
             return
+        handler = self.handlers.get(msg.type)
+        self._routing_id = routing_id  # for handlers that answer later (they return None)
+        self.answer(routing_id, identity, msg, lambda: self._no_handler(msg) if handler is None
+                    else handler(identity, msg))
+
+    @staticmethod
+    def _no_handler(msg: Message) -> Reply:
+        raise WireError(f"message type {msg.type.name} is not served here")
+
+    def answer(self, routing_id: bytes, identity: str, msg: Message, work: Callable[[], Reply | None]) -> None:
+        """Run ``work`` for a request and send its reply, or its typed error; None means 'answered later'."""
         try:
-            handler = self.handlers.get(msg.type)
-            if handler is None:
-                raise WireError(f"message type {msg.type.name} is not served here")
-            mtype, meta, payloads = handler(identity, msg)
+            result = work()
         except MpcAggError as exc:
             self.counters["refused"] += 1
             event(self.log, "refused", service=self.name, identity=identity, type=msg.type.name, code=exc.code,
@@ -122,8 +135,10 @@ class Service:
             self.reply_error(routing_id, msg.meta.get("rid"),
                              MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
             return
-        self.counters["handled"] += 1
-        self.reply(routing_id, mtype, {**meta, "rid": msg.meta.get("rid")}, payloads)
+        if result is not None:
+            self.counters["handled"] += 1
+            mtype, meta, payloads = result
+            self.reply(routing_id, mtype, {**meta, "rid": msg.meta.get("rid")}, payloads)
 
     def reply(self, routing_id: bytes, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> None:
         self.sock.send_multipart([routing_id, *encode_message(mtype, meta, payloads)], copy=False)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import EncodingError
 from .wire import PROTOCOL_VERSION
 
-__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "split", "reconstruct"]
+__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share", "split", "reconstruct"]
 
 SEED_BYTES = 32
 
@@ -84,27 +84,39 @@ def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int, *, star
 
 
 def accumulate_seed(total: npt.NDArray[np.int64], seed: bytes, ctx: ShareContext, party: int, *,
-                    subtract: bool = False) -> None:
-    """``total += share`` (or ``-=``) for the share a seed expands to, without materialising it."""
+                    start: int = 0, subtract: bool = False) -> None:
+    """``total += share[start:start+len(total)]`` (or ``-=``) for the share a seed expands to, chunk by chunk."""
     op = np.subtract if subtract else np.add
-    for off, ks in _keystream(seed, ctx, party, total.size):
+    for off, ks in _keystream(seed, ctx, party, total.size, start):
         view = total[off:off + ks.size]
         op(view, ks, out=view)
+
+
+def new_seeds(parties: int) -> list[bytes]:
+    """Fresh CSPRNG seeds for helpers 1..k-1 of one report."""
+    if parties < 2:
+        raise EncodingError("secret sharing needs at least 2 parties")
+    return [os.urandom(SEED_BYTES) for _ in range(parties - 1)]
+
+
+def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
+                 start: int = 0) -> npt.NDArray[np.int64]:
+    """Elements ``start .. start+len(x)`` of the leader's share, given the same slice of ``x``:
+    ``x - sum_j expand(seed_j)`` mod 2**64, so a vector can be shared chunk by chunk."""
+    if x.dtype != np.int64 or x.ndim != 1:
+        raise EncodingError("x must be a 1-D int64 vector")
+    out = x.copy()
+    for j, seed in enumerate(seeds, start=1):
+        accumulate_seed(out, seed, ctx, j, start=start, subtract=True)
+    return out
 
 
 def split(
     x: npt.NDArray[np.int64], parties: int, ctx: ShareContext
 ) -> tuple[npt.NDArray[np.int64], list[bytes]]:
     """Share ``x`` among ``parties``: returns (leader share, helper seeds 1..k-1)."""
-    if parties < 2:
-        raise EncodingError("secret sharing needs at least 2 parties")
-    if x.dtype != np.int64 or x.ndim != 1:
-        raise EncodingError("x must be a 1-D int64 vector")
-    seeds = [os.urandom(SEED_BYTES) for _ in range(parties - 1)]
-    leader = x.copy()
-    for j, seed in enumerate(seeds, start=1):
-        accumulate_seed(leader, seed, ctx, j, subtract=True)
-    return leader, seeds
+    seeds = new_seeds(parties)
+    return leader_share(x, seeds, ctx), seeds
 
 
 def reconstruct(shares: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:

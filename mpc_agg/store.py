@@ -4,14 +4,17 @@ Layout under a party's ``state_dir``::
 
     round-<id>/spec.json      the round's spec (written before OPEN is acknowledged)
     round-<id>/reports.log    append-only records, one per acknowledged report:
-                              b"RPT1" | u32 header length | JSON header {report, client, len, sha256} | material
+                              b"RPT2" | u32 header length | JSON header {report, client, len} | material
+                              | SHA-256 of the material (32 bytes, written last)
     round-<id>/revealed       marker: the round's sum share was released (never again)
 
 ``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
-renamed.  A report's record is appended and the log fsync'ed (one fsync, no
-new directory entry) before the party acknowledges it.  So a report a client
-saw acknowledged survives ``kill -9``; a torn tail (a crash mid-append) is
-recognised by its length or checksum and never taken for a report.
+renamed.  A report's record may be appended in chunks (the leader receives its
+share in chunks, one report at a time); its checksum is appended and the log
+fsync'ed (one fsync, no new directory entry) before the party acknowledges it.
+So a report a client saw acknowledged survives ``kill -9``; a torn tail (a
+crash, or a client gone mid-upload) is recognised by its length or checksum,
+never taken for a report, and cut off when the round is loaded again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Iterator
 
 from .spec import RoundSpec
 
-__all__ = ["StoredReport", "StoredRound", "RoundStore"]
+__all__ = ["StoredReport", "StoredRound", "RoundStore", "ReportWriter"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,8 +50,9 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
-RECORD_MAGIC = b"RPT1"
+RECORD_MAGIC = b"RPT2"
 _LEN = struct.Struct(">I")
+_DIGEST = 32
 
 
 @dataclass(frozen=True)
@@ -85,18 +89,15 @@ class RoundStore:
         _write_atomic(rdir / "spec.json", json.dumps(spec.to_json()).encode())
         return rdir
 
+    def begin_report(self, rdir: Path, report_hex: str, client: str, length: int) -> "ReportWriter":
+        """Start appending one report's record; its material follows in :meth:`ReportWriter.write` calls."""
+        return ReportWriter(rdir / "reports.log", report_hex, client, length)
+
     def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview) -> StoredReport:
-        """Append and fsync one report's record; returns where its material lies."""
-        length = memoryview(material).nbytes
-        header = json.dumps({"report": report_hex, "client": client, "len": length,
-                             "sha256": hashlib.sha256(material).hexdigest()}).encode()
-        with open(rdir / "reports.log", "ab") as f:
-            start = f.tell()
-            f.write(RECORD_MAGIC + _LEN.pack(len(header)) + header)
-            f.write(material)
-            f.flush()
-            os.fsync(f.fileno())
-        return StoredReport(report_hex, client, start + 8 + len(header), length)
+        """Append and fsync one whole report's record; returns where its material lies."""
+        w = self.begin_report(rdir, report_hex, client, memoryview(material).nbytes)
+        w.write(material)
+        return w.commit()
 
     @staticmethod
     def material_path(rdir: Path) -> Path:
@@ -106,6 +107,13 @@ class RoundStore:
         with open(rdir / "reports.log", "rb") as f:
             f.seek(rep.offset)
             return f.read(rep.length)
+
+    def iter_material(self, rdir: Path, rep: StoredReport, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+        """(byte offset, bytes) blocks of a report's material, so a large share is never read whole."""
+        with open(rdir / "reports.log", "rb") as f:
+            f.seek(rep.offset)
+            for pos in range(0, rep.length, block):
+                yield pos, f.read(min(block, rep.length - pos))
 
     def mark_revealed(self, rdir: Path, cohort: list[str]) -> None:
         _write_atomic(rdir / "revealed", json.dumps({"cohort": cohort}).encode())
@@ -120,35 +128,35 @@ class RoundStore:
         return (self.round_dir(round_id) / "revealed").exists()
 
     @staticmethod
-    def _records(path: Path) -> tuple[list[StoredReport], bool]:
-        """Stream a report log: (intact records, whether a torn or corrupt tail followed them)."""
+    def _records(path: Path) -> tuple[list[StoredReport], int]:
+        """Stream a report log: (intact records, byte length of the intact prefix)."""
         out: list[StoredReport] = []
         if not path.exists():
-            return out, False
+            return out, 0
         with open(path, "rb") as f:
             while True:
                 pos = f.tell()
                 head = f.read(8)
                 if not head:
-                    return out, False
+                    return out, pos
                 try:
                     if len(head) < 8 or head[:4] != RECORD_MAGIC:
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
                     length, digest = int(header["len"]), hashlib.sha256()
-                    start, left = pos + 8 + hlen, int(header["len"])
+                    start, left = pos + 8 + hlen, length
                     while left:
-                        block = f.read(min(left, 1 << 20))
-                        if not block:
+                        data = f.read(min(left, 1 << 20))
+                        if not data:
                             raise ValueError("truncated material")
-                        digest.update(block)
-                        left -= len(block)
-                    if digest.hexdigest() != header["sha256"]:
+                        digest.update(data)
+                        left -= len(data)
+                    if f.read(_DIGEST) != digest.digest():
                         raise ValueError("checksum mismatch")
                     out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
                 except (ValueError, KeyError, TypeError, struct.error):
-                    return out, True
+                    return out, pos
 
     def load(self) -> Iterator[StoredRound]:
         """Every round on disk, with the reports whose records are intact."""
@@ -165,5 +173,57 @@ class RoundStore:
                     reps = tuple(self._records(rdir / "reports.log")[0])
                 yield StoredRound(spec, rdir, reps, True, False)
                 continue
-            reps_list, torn = self._records(rdir / "reports.log")
+            log = rdir / "reports.log"
+            reps_list, intact = self._records(log)
+            torn = log.exists() and log.stat().st_size > intact
+            if torn:  # cut the unacknowledged tail off, so that later appends stay readable
+                with open(log, "r+b") as f:
+                    f.truncate(intact)
+                    os.fsync(f.fileno())
             yield StoredRound(spec, rdir, tuple(reps_list), False, torn)
+
+
+class ReportWriter:
+    """Appends one report's record: header now, material in order, checksum and fsync at :meth:`commit`.
+
+    Only one writer per round log may be open at a time (the leader admits one upload at a time).
+    """
+
+    def __init__(self, path: Path, report_hex: str, client: str, length: int) -> None:
+        header = json.dumps({"report": report_hex, "client": client, "len": length}).encode()
+        self.report, self.client, self.length = report_hex, client, length
+        self._f = open(path, "ab")
+        self.start = self._f.tell()
+        self._f.write(RECORD_MAGIC + _LEN.pack(len(header)) + header)
+        self.offset = self.start + 8 + len(header)
+        self.written = 0
+        self._digest = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> None:
+        n = memoryview(data).nbytes
+        if self.written + n > self.length:
+            raise ValueError("more material than the record announced")
+        self._f.write(data)
+        self._digest.update(data)
+        self.written += n
+
+    def commit(self) -> StoredReport:
+        """Seal the record and fsync the log: from here on the report survives a crash."""
+        if self.written != self.length:
+            raise ValueError("record is incomplete")
+        self._f.write(self._digest.digest())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return StoredReport(self.report, self.client, self.offset, self.length)
+
+    def material(self) -> StoredReport:
+        """Where the material written so far lies (for reading it back before an abort)."""
+        self._f.flush()
+        return StoredReport(self.report, self.client, self.offset, self.written)
+
+    def abort(self) -> None:
+        """Cut the unfinished record off the log (nothing of it was acknowledged)."""
+        self._f.flush()
+        self._f.truncate(self.start)
+        self._f.close()

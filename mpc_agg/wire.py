@@ -61,6 +61,8 @@ class MsgType(enum.IntEnum):
     PEER = 10
     DEALER_REQUEST = 11
     DEALER_REPLY = 12
+    REPORT_BEGIN = 13
+    REPORT_CHUNK = 14
 
 
 @dataclass(frozen=True)

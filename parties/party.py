@@ -15,6 +15,7 @@ cohort's sum, held as a CrypTen ArithmeticSharedTensor.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ import zmq
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate, import_crypten
 from mpc_agg.errors import (
+    MpcAggError,
     AlreadyRevealedError,
     AuthError,
     CohortTooSmallError,
@@ -43,10 +45,10 @@ from mpc_agg.logs import event
 from mpc_agg.normcheck import verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
-from mpc_agg.store import RoundStore, StoredReport
-from mpc_agg.service import Service, reporting_client
+from mpc_agg.store import ReportWriter, RoundStore, StoredReport
+from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import Message, MsgType, require
+from mpc_agg.wire import MAX_META_BYTES, Message, MsgType, require
 
 __all__ = ["Party"]
 
@@ -65,8 +67,24 @@ class _Round:
     revealed: bool = False
 
 
+@dataclass
+class _Upload:
+    """The leader's one upload in progress."""
+
+    st: _Round
+    client: str
+    report: str
+    writer: ReportWriter
+    last: float  # monotonic time of the last chunk
+    next: int = 0  # the next value expected
+
+
 class Party(Service):
     """Party ``party_id`` of a deployment; ``serve()`` runs until ``stop()`` or SIGTERM."""
+
+    chunk_values = 1 << 17  # values per upload chunk (1 MiB; even, for keystream block alignment)
+    upload_idle_s = 10.0  # an upload with no chunk for this long is dropped (its client is gone)
+    max_waiting = 100_000  # uploads queued behind the one in progress
 
     def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0) -> None:
         self.dep = deployment
@@ -81,7 +99,7 @@ class Party(Service):
         allowed[deployment.coordinator_public_key] = "coordinator"
         self.sock = self.sctx.server(
             zmq.ROUTER, self.cfg.client_endpoint, public_key=self.cfg.public_key, secret_key=secret,
-            domain="clients", allowed=allowed,
+            domain="clients", allowed=allowed, max_message=8 * self.chunk_values + MAX_META_BYTES + (1 << 16),
         )
         self.comm = ZmqCommunicator(
             self.sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
@@ -95,6 +113,8 @@ class Party(Service):
             self.provider = DealerProvider(Requester(dsock), rank=party_id, timeout_s=peer_timeout_s)
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
+        self.upload: _Upload | None = None
+        self.waiting: collections.deque[tuple[bytes, str, Message]] = collections.deque()
         self.store = RoundStore(self.cfg.state_dir)
         self._recover()
         import_crypten()
@@ -102,6 +122,8 @@ class Party(Service):
             MsgType.GET_SPEC: self._on_get_spec,
             MsgType.OPEN_ROUND: self._on_open,
             MsgType.REPORT: self._on_report,
+            MsgType.REPORT_BEGIN: self._on_begin,
+            MsgType.REPORT_CHUNK: self._on_chunk,
             MsgType.CLOSE_ROUND: self._on_close,
             MsgType.STATUS: self._on_status,
         }, f"party-{party_id}")
@@ -118,7 +140,7 @@ class Party(Service):
                         revealed=stored.revealed)
             for rep in stored.reports:
                 if not stored.revealed:
-                    self._accumulate(st, rep.client, rep.report, self.store.read_material(stored.dir, rep))
+                    self._apply_stored(st, rep)
                     st.stored[rep.report] = rep
                 st.reports[rep.report] = rep.client
                 st.clients.add(rep.client)
@@ -162,41 +184,134 @@ class Party(Service):
         event(log, "open", party=self.id, round=spec.round_id, dim=spec.dim, digest=digest[:16])
         return MsgType.OK, {"digest": digest}, []
 
-    def _accumulate(self, st: _Round, client: str, report_hex: str, material: bytes | memoryview, *,
-                    subtract: bool = False) -> None:
-        """Add (or subtract) one report's share to the round's running sum."""
+    def _apply_stored(self, st: _Round, rep: StoredReport, *, subtract: bool = False) -> None:
+        """Add (or subtract) one stored report's share to the round's running sum, block by block."""
+        op = np.subtract if subtract else np.add
         if self.is_leader:
-            share = np.frombuffer(material, dtype="<i8")
-            (np.subtract if subtract else np.add)(st.total, share, out=st.total)
+            for pos, block in self.store.iter_material(st.dir, rep):
+                view = st.total[pos // 8: pos // 8 + len(block) // 8]
+                op(view, np.frombuffer(block, dtype="<i8"), out=view)
         else:
-            ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
-            accumulate_seed(st.total, bytes(material), ctx, self.id, subtract=subtract)
+            ctx = ShareContext(st.spec.round_id, rep.client, bytes.fromhex(rep.report))
+            accumulate_seed(st.total, self.store.read_material(st.dir, rep), ctx, self.id, subtract=subtract)
 
-    def _on_report(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
-        client = reporting_client(identity, msg.meta)
-        st = self._round(msg.meta)
+    def _check_report(self, identity: str, meta: dict[str, Any]) -> tuple[_Round, str, str]:
+        """The checks every new report passes before any of it is accepted: (round, client, report id)."""
+        client = reporting_client(identity, meta)
+        st = self._round(meta)
         if st.revealed:
             raise RoundStateError(f"round {st.spec.round_id} is closed")
-        if require(msg.meta, "spec_digest", str) != st.digest:
+        if require(meta, "spec_digest", str) != st.digest:
             raise SpecMismatchError(f"report for round {st.spec.round_id} was made for a different spec")
-        report_hex = require(msg.meta, "report_id", str)
+        report_hex = require(meta, "report_id", str)
         if len(report_hex) != 32 or any(c not in "0123456789abcdef" for c in report_hex):
             raise WireError("report_id must be 16 bytes in lowercase hex")
         if report_hex in self.seen_report_ids:
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
-        expected = 8 * (st.spec.dim + 1) if self.is_leader else SEED_BYTES
-        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != expected:
-            raise WireError(f"party {self.id} expects one payload of {expected} bytes")
-        material = msg.payloads[0]
-        st.stored[report_hex] = self.store.add_report(st.dir, report_hex, client, material)  # durable before the ack
-        self._accumulate(st, client, report_hex, material)
+        return st, client, report_hex
+
+    def _acknowledge(self, st: _Round, client: str, report_hex: str, stored: StoredReport) -> None:
+        st.stored[report_hex] = stored
         st.reports[report_hex] = client
         st.clients.add(client)
         self.seen_report_ids.add(report_hex)
         event(log, "report", party=self.id, round=st.spec.round_id, client=client, report=report_hex)
+
+    def _on_report(self, identity: str, msg: Message) -> Reply:
+        """A helper's whole report: one 32-byte seed."""
+        if self.is_leader:
+            raise WireError("the leader takes reports in chunks (REPORT_BEGIN, REPORT_CHUNK)")
+        st, client, report_hex = self._check_report(identity, msg.meta)
+        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != SEED_BYTES:
+            raise WireError(f"party {self.id} expects one payload of {SEED_BYTES} bytes")
+        material = msg.payloads[0]
+        stored = self.store.add_report(st.dir, report_hex, client, material)  # durable before the ack
+        accumulate_seed(st.total, bytes(material), ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex)),
+                        self.id)
+        self._acknowledge(st, client, report_hex, stored)
         return MsgType.OK, {"report_id": report_hex}, []
+
+    # --- the leader's chunked uploads -----------------------------------------------------
+    # One upload at a time: REPORT_BEGIN is answered when the upload is admitted (others wait in
+    # a queue holding no payload), then chunks come in order, each added to the running sum and
+    # appended to the log; the last one seals the record and fsyncs it before the ack.  The
+    # leader's memory is thus the sum plus a few chunks, whatever the number of clients.
+
+    def _on_begin(self, identity: str, msg: Message) -> Reply | None:
+        if not self.is_leader:
+            raise WireError("helpers take a report as one REPORT message")
+        self._check_report(identity, msg.meta)
+        deadline = msg.meta.get("deadline")
+        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+            raise WireError("deadline must be a number (seconds since the epoch)")
+        if self.upload is not None or self.waiting:
+            if len(self.waiting) >= self.max_waiting:
+                raise RoundStateError("too many uploads waiting at the leader; try again later")
+            self.waiting.append((self._routing_id, identity, msg))
+            return None  # answered by _admit_next
+        return self._admit(identity, msg)
+
+    def _admit(self, identity: str, msg: Message) -> Reply:
+        st, client, report_hex = self._check_report(identity, msg.meta)  # again: the state may have moved on
+        writer = self.store.begin_report(st.dir, report_hex, client, 8 * (st.spec.dim + 1))
+        self.upload = _Upload(st, client, report_hex, writer, time.monotonic())
+        return MsgType.OK, {"report_id": report_hex, "chunk": self.chunk_values}, []
+
+    def _admit_next(self) -> None:
+        while self.upload is None and self.waiting:
+            routing_id, identity, msg = self.waiting.popleft()
+            if time.time() >= msg.meta["deadline"]:
+                continue  # that client has given up
+            self.answer(routing_id, identity, msg, lambda: self._admit(identity, msg))
+
+    def _on_chunk(self, identity: str, msg: Message) -> Reply:
+        up = self.upload
+        report_hex = require(msg.meta, "report_id", str)
+        if up is None or up.report != report_hex or f"client:{up.client}" != identity:
+            raise RoundStateError(f"no upload of report {report_hex} is in progress for this client")
+        try:
+            offset = require(msg.meta, "offset", int)
+            size = up.st.spec.dim + 1
+            count = min(self.chunk_values, size - up.next)
+            if offset != up.next or len(msg.payloads) != 1 or msg.payloads[0].nbytes != 8 * count:
+                raise WireError(f"expected the chunk at {up.next} of {count} values")
+        except MpcAggError:
+            self._abort_upload("bad chunk")
+            raise
+        chunk = msg.payloads[0]
+        up.writer.write(chunk)
+        view = up.st.total[offset:offset + count]
+        np.add(view, np.frombuffer(chunk, dtype="<i8"), out=view)
+        up.next += count
+        up.last = time.monotonic()
+        if up.next < size:
+            return MsgType.OK, {"report_id": report_hex, "next": up.next}, []
+        stored = up.writer.commit()  # durable before the ack
+        self.upload = None
+        self._acknowledge(up.st, up.client, report_hex, stored)
+        self._admit_next()
+        return MsgType.OK, {"report_id": report_hex, "done": True}, []
+
+    def _abort_upload(self, why: str) -> None:
+        """Take an unfinished upload back out of the sum and off the log."""
+        up = self.upload
+        if up is None:
+            return
+        self.upload = None
+        partial = up.writer.material()
+        for pos, block in self.store.iter_material(up.st.dir, partial):
+            view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
+            np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
+        up.writer.abort()
+        event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
+              report=up.report, received=up.next, reason=why)
+        self._admit_next()
+
+    def tick(self) -> None:
+        if self.upload is not None and time.monotonic() - self.upload.last > self.upload_idle_s:
+            self._abort_upload(f"no chunk for {self.upload_idle_s:g} s")
 
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if identity != "coordinator":
@@ -255,7 +370,7 @@ class Party(Service):
             raise CohortTooSmallError(
                 f"round {r}: {len(cohort)} reports are held by every party, the floor is {floor}; nothing revealed")
         for h in set(st.reports) - set(cohort):  # reports some other party never got
-            self._accumulate(st, st.reports[h], h, self.store.read_material(st.dir, st.stored[h]), subtract=True)
+            self._apply_stored(st, st.stored[h], subtract=True)
         from crypten.mpc.primitives import ArithmeticSharedTensor
 
         held = ArithmeticSharedTensor.from_shares(torch.from_numpy(st.total), precision=0)

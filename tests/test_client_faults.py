@@ -1,5 +1,6 @@
 """Client faults: a connection cut in the middle of a report frame leaves no half-report, and a client that
-reached only some parties is left out by every party (the cohort stays consistent)."""
+reached only some parties is left out by every party (the cohort stays consistent).  The leader drops the
+unfinished upload after ``Party.upload_idle_s`` without a chunk; the next client's upload waits for that."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 
 from fl_client import SecureAggClient
 from mpc_agg.errors import AggregationTimeout
+from mpc_agg.logs import parse
 from parties import Coordinator
+from parties.party import Party
 from parties.launcher import LocalDeployment
 
 pytestmark = pytest.mark.timeout(180)
@@ -57,18 +60,18 @@ class CuttingProxy:
                         return
         finally:
             self.cut.set()
-            for s in (a, b):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                s.close()  # RST, like a process or link that died
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            a.close()  # RST to the client
+            b.close()  # FIN to the party, after every byte forwarded so far (an RST could drop unread ones)
 
 
 def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_path: Path) -> None:
-    dim = 200_000  # the leader's share is 1.6 MB: the cut falls inside its frame
+    dim = 200_000  # the leader's share is 1.6 MB, two chunks: the cut falls inside the second one
     with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
         dep = ld.deployment
         leader = dep.party(0)
         host, port = leader.client_endpoint.removeprefix("tcp://").rsplit(":", 1)
-        proxy = CuttingProxy((host, int(port)), cut_after=600_000)
+        proxy = CuttingProxy((host, int(port)), cut_after=1_300_000)
         via_proxy = dataclasses.replace(dep, parties=(
             dataclasses.replace(leader, client_endpoint=f"tcp://127.0.0.1:{proxy.port}"), *dep.parties[1:]))
         with Coordinator(dep) as coord:
@@ -76,7 +79,7 @@ def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_pat
             with SecureAggClient(via_proxy, "client-0", timeout_s=5) as c:
                 with pytest.raises(AggregationTimeout):
                     c.submit(1, {"w": np.full(dim, 100.0)})  # helpers get their seeds, the leader half a frame
-            assert proxy.cut.wait(30) and 0 < proxy.forwarded <= 600_000
+            assert proxy.cut.wait(30) and 1_200_000 < proxy.forwarded <= 1_300_000
             counts = [s["rounds"]["1"]["reports"] for s in coord.status()]
             assert counts == [0, 1, 1], counts  # no half-report at the leader
             for i in (1, 2, 3):
@@ -84,5 +87,9 @@ def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_pat
                     c.submit(1, {"w": np.full(dim, float(i))})
             res = coord.close_round(1, timeout_s=60)
         assert all(ld.alive().values())
+        leader_log = (ld.log_dir / "party-0.log").read_text()
+        # the first chunk was added to the sum, then taken back out (the average below proves it)
+        [aborted] = [parse(x) for x in leader_log.splitlines() if "event=upload_aborted" in x]
+        assert aborted["client"] == "client-0" and aborted["received"] == str(Party.chunk_values), aborted
     assert res.clients == ("client-1", "client-2", "client-3")  # client-0 left out by every party
     assert np.allclose(res.average["w"].numpy(), 2.0)

@@ -132,12 +132,18 @@ def test_report_for_another_round_never_mixes(dep3: LocalDeployment, round_id: i
         req = _raw(dep3, 0, c.public_key, c.private_key_file)
         try:
             meta = {"round": round_id, "client": "client-4", "report_id": os.urandom(16).hex(),
-                    "spec_digest": other.digest()}
+                    "spec_digest": other.digest(), "deadline": time.time() + 30}
             with pytest.raises(SpecMismatchError):
-                req.request(MsgType.REPORT, meta, [np.zeros(21, dtype=np.int64).data], timeout_s=10, what="party 0")
+                req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0")
             meta = {**meta, "spec_digest": RoundSpec.create(round_id, SHAPES, min_clients=3).digest()}
+            assert req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0").meta["chunk"] > 21
+            chunk = {"round": round_id, "report_id": meta["report_id"], "offset": 0}
             with pytest.raises(WireError):  # wrong payload length for this round
-                req.request(MsgType.REPORT, meta, [np.zeros(5, dtype=np.int64).data], timeout_s=10, what="party 0")
+                req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(5, dtype=np.int64).data], timeout_s=10,
+                            what="party 0")
+            with pytest.raises(RoundStateError):  # the bad chunk ended that upload
+                req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(21, dtype=np.int64).data], timeout_s=10,
+                            what="party 0")
         finally:
             req.sctx.close()  # type: ignore[attr-defined]
         _submit(dep3, round_id, range(3), value=2.0)

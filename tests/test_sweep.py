@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_quick_sweep_writes_every_point_and_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # check_repo: run from the repository root
     out_json, out_png = tmp_path / "sweep.json", tmp_path / "sweep.png"
