@@ -71,7 +71,7 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         """Liveness figures for ``mpc-agg status`` and the periodic ``event=health`` line."""
-        return {"service": self.name, "uptime_s": round(time.monotonic() - self.started, 1),
+        return {"service": self.name, "uptime_s": round(time.monotonic() - self.started, 3),
                 "peak_rss_bytes": _peak_rss_bytes(), "draining": self._stop, **self.counters}
 
     def serve(self) -> None:

@@ -33,14 +33,20 @@ def wait_for_log(path: Path, needle: str, timeout_s: float) -> None:
 def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     material: list[bytes] = []
-    real_split = client_mod.split
+    real_seeds, real_share = client_mod.new_seeds, client_mod.leader_share
 
-    def recording_split(*args: Any, **kwargs: Any) -> Any:
-        leader, seeds = real_split(*args, **kwargs)
-        material.extend([leader[:8].tobytes(), *seeds])
-        return leader, seeds
+    def recording_seeds(*args: Any) -> Any:
+        seeds = real_seeds(*args)
+        material.extend(seeds)
+        return seeds
 
-    monkeypatch.setattr(client_mod, "split", recording_split)
+    def recording_share(*args: Any, **kwargs: Any) -> Any:
+        share = real_share(*args, **kwargs)
+        material.append(share[:8].tobytes())
+        return share
+
+    monkeypatch.setattr(client_mod, "new_seeds", recording_seeds)
+    monkeypatch.setattr(client_mod, "leader_share", recording_share)
     with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3, dealer=False) as ld:
         with Coordinator.from_config(ld.config) as coord:
             coord.open_round(1, shapes={"w": (50,)}, min_clients=3)
