@@ -31,5 +31,5 @@ clean:
 
 # Flower's SecAgg+ beside mpc-agg; installs the `bench` extra (flwr[simulation]) into .venv first.
 bench-flower: install
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[bench]'
 	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json

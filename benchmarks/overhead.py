@@ -26,10 +26,10 @@ In one run and one process tree:
   runs one secure round with n concurrent clients and its party peak RSS is read.
 
 Plaintext clients upload float64 (8·d bytes, weight in the metadata).  Upload
-bytes are counted from the frames a client builds (16-byte header, JSON
-metadata, payloads), including the secure client's GET_SPEC request to each
-party; they exclude ZMTP framing and CURVE boxes (about 40 bytes per frame)
-and TCP/IP headers.  Stage times are what can be seen from outside the
+bytes are the message bytes (16-byte header, JSON metadata, payloads) client-0
+handed to its sockets in one secure round (``SecureAggClient.bytes_sent``: its
+GET_SPEC to each party, the seeds, the leader's REPORT_BEGIN and chunks); they
+exclude ZMTP framing and CURVE boxes (about 40 bytes per frame) and TCP/IP headers.  Stage times are what can be seen from outside the
 parties: open, uploads (all clients), one client's submit, close, and the
 parties' own agreement time within close, read from their ``event=reveal`` logs,
 and the CPU seconds (user + system, via psutil) each process used per round:
@@ -66,7 +66,6 @@ from fl_client import SecureAggClient
 from mpc_agg.config import Deployment, free_ports
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS, encode
 from mpc_agg.sharing import ShareContext, split
-from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import MsgType, encode_message
 from parties.coordinator import Coordinator, RoundResult
 from parties.launcher import LocalDeployment
@@ -81,7 +80,6 @@ NAME = "w"
 REPO = Path(__file__).resolve().parent.parent
 SHARD_SAMPLES = 5
 RID_HEX = "0" * 16  # a request id as Requester.send makes it: 8 random bytes in hex
-REPORT_ID_HEX = "0" * 32
 REVEAL_LOG = re.compile(r"event=reveal party=(\d+) round=(\d+) .*seconds=([0-9.]+)")
 
 
@@ -168,41 +166,21 @@ def check_average(what: str, average: npt.NDArray[np.float64], weight: float, ex
     return err
 
 
-def measure_client_shard(x: npt.NDArray[np.float64], parties: int, frac_bits: int
-                         ) -> tuple[list[float], npt.NDArray[np.int64], list[bytes]]:
-    """Seconds of encode+split of ``x`` (weight 1) over SHARD_SAMPLES runs, and the last leader share and seeds."""
+def measure_client_shard(x: npt.NDArray[np.float64], parties: int, frac_bits: int) -> list[float]:
+    """Seconds of encode+split of ``x`` (weight 1) over SHARD_SAMPLES runs."""
     times: list[float] = []
-    leader: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-    seeds: list[bytes] = []
     for _ in range(SHARD_SAMPLES):
         t0 = time.perf_counter()
         ring = encode(np.append(x * 1.0, 1.0), frac_bits)
-        leader, seeds = split(ring, parties, ShareContext(1, "client-0", os.urandom(16)))
+        split(ring, parties, ShareContext(1, "client-0", os.urandom(16)))
         times.append(time.perf_counter() - t0)
-    return times, leader, seeds
+    return times
 
 
-def _frames_bytes(frames: Sequence[Any]) -> int:
-    return sum(memoryview(f).nbytes for f in frames)
-
-
-def upload_bytes(spec: RoundSpec, leader: npt.NDArray[np.int64], seeds: Sequence[bytes],
-                 update: npt.NDArray[np.float64]) -> dict[str, int]:
-    """Bytes of the frames one client sends in a round (round 1, client-0), secure and plaintext."""
-    parties = len(seeds) + 1
-    report = {"round": spec.round_id, "client": "client-0", "report_id": REPORT_ID_HEX,
-              "spec_digest": spec.digest(), "rid": RID_HEX}
-    get_spec = _frames_bytes(encode_message(MsgType.GET_SPEC, {"round": spec.round_id, "rid": RID_HEX}))
-    leader_report = _frames_bytes(encode_message(MsgType.REPORT, report, [leader.data]))
-    helper_report = _frames_bytes(encode_message(MsgType.REPORT, report, [seeds[0]]))
-    plain_meta = {"round": spec.round_id, "client": "client-0", "weight": 1.0, "rid": RID_HEX}
-    return {
-        "secure_total": parties * get_spec + leader_report + (parties - 1) * helper_report,
-        "secure_get_spec_each": get_spec,
-        "secure_leader_report": leader_report,
-        "secure_helper_report_each": helper_report,
-        "plaintext_total": _frames_bytes(encode_message(MsgType.REPORT, plain_meta, [update.data])),
-    }
+def plaintext_upload_bytes(round_id: int, update: npt.NDArray[np.float64]) -> int:
+    """Bytes of the one message a plaintext client sends per round."""
+    meta = {"round": round_id, "client": "client-0", "weight": 1.0, "rid": RID_HEX}
+    return sum(memoryview(f).nbytes for f in encode_message(MsgType.REPORT, meta, [update.data]))
 
 
 def _proc_status_bytes(pid: int, key: str) -> int:
@@ -298,6 +276,7 @@ class MainRun:
     agreement_s: list[float]
     max_abs_error: dict[str, float]
     rss: dict[str, list[int]]
+    secure_upload_bytes: int  # what client-0 sent to all parties in one secure round
 
 
 def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repeat: int,
@@ -331,9 +310,11 @@ def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repe
             cpu: dict[str, list[dict[str, float]]] = {"secure": [], "plaintext": []}
             agreement: list[float] = []
             errors = {"secure": 0.0, "plaintext": 0.0}
+            upload = 0
             for r in range(1, repeat + 1):
-                c0 = cpu_seconds(procs)
+                c0, b0 = cpu_seconds(procs), clients[0].bytes_sent
                 st, result = secure_round(coord, clients, pool, r, updates, min_clients, timeout_s)
+                upload = clients[0].bytes_sent - b0
                 c1 = cpu_seconds(procs)
                 pt, average, weight = plain_round(pcoord, pclients, pool, r, updates, timeout_s)
                 c2 = cpu_seconds(procs)
@@ -353,7 +334,7 @@ def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repe
     except BaseException:
         print_log_tails(ld.log_dir)
         raise
-    return MainRun(secure, plaintext, cpu, agreement, errors, rss)
+    return MainRun(secure, plaintext, cpu, agreement, errors, rss, upload)
 
 
 def run_rss(workdir: Path, clients: int, dim: int, parties: int, timeout_s: float) -> dict[str, list[int]]:
@@ -384,9 +365,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         timeout_s: float) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report."""
     updates = make_updates(clients, dim, seed=0)
-    shard_s, leader, seeds = measure_client_shard(updates[0], parties, DEFAULT_FRAC_BITS)
-    spec = RoundSpec.create(1, {NAME: (dim,)}, min_clients=min(3, clients))
-    upload = upload_bytes(spec, leader, seeds, updates[0])
+    shard_s = measure_client_shard(updates[0], parties, DEFAULT_FRAC_BITS)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
         print(f"main run: {clients} clients, {parties} parties, d={dim:,}, {repeat} repeats", flush=True)
         measured = run_main(Path(tmp) / "main", updates, parties, repeat, timeout_s)
@@ -441,8 +420,8 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "plaintext_round_s": statistics.median(pl_total),
         "ratio": statistics.median(sec_total) / statistics.median(pl_total),
         "client_shard_ms": 1e3 * shard_med,
-        "upload_bytes_per_client": upload["secure_total"],
-        "upload_bytes": upload,
+        "upload_bytes_per_client": measured.secure_upload_bytes,
+        "plaintext_upload_bytes_per_client": plaintext_upload_bytes(1, updates[0]),
         "party_peak_rss_bytes": max(measured.rss["peak"]),
         "party_peak_rss_by_party": measured.rss["peak"],
         "rss_by_clients": {str(n): max(r["peak"]) for n, r in rss_runs.items()},
@@ -493,10 +472,9 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"{'CPU seconds per round, median':44s}{'secure':>10s}{'plaintext':>10s}")
     for name in cpu["secure"]:
         print(f"  {name:42s}{cpu['secure'][name]:10.3f}{cpu['plaintext'][name]:10.3f}")
-    up = rep["upload_bytes"]
-    print(f"upload per client: secure {up['secure_total']:,} B (leader report {up['secure_leader_report']:,} + "
-          f"{p['parties'] - 1} x helper report {up['secure_helper_report_each']:,} + {p['parties']} x GET_SPEC "
-          f"{up['secure_get_spec_each']:,}); plaintext {up['plaintext_total']:,} B")
+    up, d = rep["upload_bytes_per_client"], p["dim"]
+    print(f"upload per client: secure {up:,} B = 8·d + {up - 8 * d:,} B (every message to every party); "
+          f"plaintext {rep['plaintext_upload_bytes_per_client']:,} B")
     by_party = ", ".join(_mib(b) for b in rep["party_peak_rss_by_party"])
     print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): "
           f"max {_mib(rep['party_peak_rss_bytes'])} (by party: {by_party})")

@@ -30,7 +30,7 @@ from mpc_agg.wire import MsgType
 
 __all__ = ["SecureAggClient", "flatten_update"]
 
-UPLOAD_WINDOW = 4  # leader chunks in flight per client
+UPLOAD_WINDOW = 2  # leader chunks in flight per client
 
 
 def _to_numpy(v: Any) -> np.ndarray:
@@ -92,6 +92,11 @@ class SecureAggClient:
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], client_id: str, **kw: Any) -> "SecureAggClient":
         return cls(Deployment.load(path), client_id, **kw)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Message bytes this client has sent to all parties so far (its upload cost)."""
+        return sum(r.bytes_sent for r in self._req)
 
     def close(self) -> None:
         self.sctx.close()
@@ -165,8 +170,8 @@ class SecureAggClient:
         pending: collections.deque[str] = collections.deque()
         for start in range(0, ring.size, chunk):
             part = leader_share(ring[start:start + chunk], seeds, ctx, start=start)
-            pending.append(req.send(MsgType.REPORT_CHUNK, {"round": meta["round"], "report_id": meta["report_id"],
-                                                           "offset": start}, [part.data]))
+            pending.append(req.send(MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
+                                    [part.data]))
             if len(pending) >= UPLOAD_WINDOW:
                 req.wait(pending.popleft(), deadline, "party 0")
         while pending:

@@ -124,10 +124,13 @@ class Requester:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
+        self.bytes_sent = 0  # message bytes handed to the socket (before CURVE framing)
 
     def send(self, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> str:
         rid = os.urandom(8).hex()
-        self.sock.send_multipart(encode_message(mtype, {**meta, "rid": rid}, payloads), copy=False)
+        frames = encode_message(mtype, {**meta, "rid": rid}, payloads)
+        self.sock.send_multipart(frames, copy=False)
+        self.bytes_sent += sum(memoryview(f).nbytes for f in frames)
         return rid
 
     def wait(self, rid: str, deadline: float, what: str) -> Message:

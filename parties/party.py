@@ -82,7 +82,7 @@ class _Upload:
 class Party(Service):
     """Party ``party_id`` of a deployment; ``serve()`` runs until ``stop()`` or SIGTERM."""
 
-    chunk_values = 1 << 17  # values per upload chunk (1 MiB; even, for keystream block alignment)
+    chunk_values = 1 << 20  # values per upload chunk (8 MiB; even, for keystream block alignment)
     upload_idle_s = 10.0  # an upload with no chunk for this long is dropped (its client is gone)
     max_waiting = 100_000  # uploads queued behind the one in progress
 

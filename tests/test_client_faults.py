@@ -66,12 +66,12 @@ class CuttingProxy:
 
 
 def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_path: Path) -> None:
-    dim = 200_000  # the leader's share is 1.6 MB, two chunks: the cut falls inside the second one
+    dim = Party.chunk_values + 50_000  # the leader's share comes in two chunks: the cut falls inside the second
     with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
         dep = ld.deployment
         leader = dep.party(0)
         host, port = leader.client_endpoint.removeprefix("tcp://").rsplit(":", 1)
-        proxy = CuttingProxy((host, int(port)), cut_after=1_300_000)
+        proxy = CuttingProxy((host, int(port)), cut_after=8 * Party.chunk_values + 200_000)
         via_proxy = dataclasses.replace(dep, parties=(
             dataclasses.replace(leader, client_endpoint=f"tcp://127.0.0.1:{proxy.port}"), *dep.parties[1:]))
         with Coordinator(dep) as coord:
@@ -79,7 +79,7 @@ def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_pat
             with SecureAggClient(via_proxy, "client-0", timeout_s=5) as c:
                 with pytest.raises(AggregationTimeout):
                     c.submit(1, {"w": np.full(dim, 100.0)})  # helpers get their seeds, the leader half a frame
-            assert proxy.cut.wait(30) and 1_200_000 < proxy.forwarded <= 1_300_000
+            assert proxy.cut.wait(30) and 8 * Party.chunk_values < proxy.forwarded <= 8 * Party.chunk_values + 200_000
             counts = [s["rounds"]["1"]["reports"] for s in coord.status()]
             assert counts == [0, 1, 1], counts  # no half-report at the leader
             for i in (1, 2, 3):
