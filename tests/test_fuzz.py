@@ -29,7 +29,7 @@ FRAMES = int(os.environ.get("MPC_AGG_FUZZ_FRAMES", "3000"))
 def _malformed(rng: random.Random, digest: str, rid: str) -> list[bytes]:
     """One hostile message: a mutation of a valid REPORT/GET_SPEC/OPEN/CLOSE, or noise."""
     meta = {"round": 1, "client": "client-0", "report_id": os.urandom(16).hex(), "spec_digest": digest, "rid": rid}
-    kind = rng.randrange(12)
+    kind = rng.randrange(14)
     if kind == 0:
         return [os.urandom(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 4))]
     if kind == 1:  # wrong version / magic / flags / type
@@ -63,16 +63,25 @@ def _malformed(rng: random.Random, digest: str, rid: str) -> list[bytes]:
     if kind == 10:  # message types a party does not serve
         return encode_message(rng.choice([MsgType.PEER, MsgType.DEALER_REPLY, MsgType.SUM_SHARE, MsgType.OK]),
                               {"rid": rid}, [])
+    if kind == 12:  # an upload start with a bad deadline, digest or claimed client
+        bad = rng.choice([{"deadline": rng.choice([None, "soon", [], True])}, {"deadline": 1e12, "spec_digest": "x"},
+                          {"deadline": 1e12, "client": "client-3"}])
+        return encode_message(MsgType.REPORT_BEGIN, dict(meta, **bad), [])
+    if kind == 13:  # chunks of an upload that was never admitted, at odd offsets and sizes
+        return encode_message(MsgType.REPORT_CHUNK, {"rid": rid, "report_id": meta["report_id"],
+                                                     "offset": rng.choice([0, 1, -8, 2**62, "0"])},
+                              [os.urandom(rng.choice([0, 8, 72, 4096]))])
     return encode_message(MsgType.REPORT, dict(meta, spec_digest="0" * 64), [os.urandom(32)])
 
 
-def test_party_survives_malformed_frames(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rng = random.Random(2026)
+@pytest.mark.parametrize("party", [0, 1], ids=["leader", "helper"])
+def test_party_survives_malformed_frames(tmp_path, party: int) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(2026 + party)
     with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
         with Coordinator.from_config(ld.config) as coord:
             spec = coord.open_round(1, shapes={"w": (8,)}, min_clients=3)
-            target = ld.deployment.party(1)
-            pid = ld.procs["party-1"].pid
+            target = ld.deployment.party(party)
+            pid = ld.procs[f"party-{party}"].pid
             rss0 = psutil.Process(pid).memory_info().rss
             c = ld.deployment.client("client-0")
             with SecureContext() as sctx:
@@ -92,7 +101,7 @@ def test_party_survives_malformed_frames(tmp_path) -> None:  # type: ignore[no-u
                         codes[reply.meta["code"]] = codes.get(reply.meta["code"], 0) + 1
             assert sum(codes.values()) == sent == FRAMES
             assert codes.get("wire", 0) > FRAMES // 3 and "auth" in codes and "error" not in codes
-            assert ld.alive()["party-1"]
+            assert ld.alive()[f"party-{party}"]
             assert psutil.Process(pid).memory_info().rss - rss0 < 64 * 2**20  # memory bounded
             for i in range(3):  # and the round still works
                 with SecureAggClient.from_config(ld.config, f"client-{i + 1}") as cl:
