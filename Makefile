@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-sweep bench-flower clean
 
 install: $(STAMP)
 
@@ -25,11 +25,23 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.overhead --clients 10 --dim 1000000 --parties 3 --repeat 5 --json bench-out/overhead.json
+	$(BIN)/python -m benchmarks.load --clients 1000 --dim 10000 --parties 3 --json bench-out/load.json
+	$(BIN)/python -m benchmarks.large --dim 100000000 --clients 4 --parties 3 --json bench-out/large.json
+
+# n, d, k sweeps and party RSS against n at d=1e7, with plots (about half an hour here)
+bench-sweep: install
+	$(BIN)/python -m benchmarks.sweep --json bench-out/sweep.json --png bench-out/sweep.png
 
 clean:
-	rm -rf $(VENV) demo-out bench-out
+	rm -rf $(VENV) .venv-bench demo-out bench-out
 
-# Flower's SecAgg+ beside mpc-agg; installs the `bench` extra (flwr[simulation]) into .venv first.
-bench-flower: install
-	$(BIN)/pip install --quiet --no-build-isolation -e '.[bench]'
-	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json
+# Flower's SecAgg+ beside mpc-agg, in its own venv: flwr 1.42 needs older protobuf/packaging/rich/typer
+# than requirements.txt pins, and .venv stays exactly as pinned.
+BENCH_VENV := .venv-bench
+bench-flower:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -r requirements.txt
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps crypten==0.4.1
+	$(BENCH_VENV)/bin/pip install --quiet --no-build-isolation -e '.[bench]'
+	$(BENCH_VENV)/bin/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json
