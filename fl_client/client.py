@@ -140,7 +140,10 @@ class SecureAggClient:
             if norm > spec.clip_norm:
                 x = x * (spec.clip_norm / norm)
         if event is None:
-            ring = encode(np.append(x * weight, weight), spec.frac_bits)
+            weighted = np.empty(x.size + 1)  # the weighted update, then the weight itself
+            np.multiply(x, weight, out=weighted[:-1])
+            weighted[-1] = weight
+            ring = encode(weighted, spec.frac_bits)
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
         report_id = os.urandom(16)

@@ -48,17 +48,19 @@ def encode(values: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.int64]:
     """Encode reals as int64 ring elements (round to nearest, range-checked)."""
     _check_frac_bits(frac_bits)
     x = np.asarray(values, dtype=np.float64)
-    scaled = np.ldexp(x, frac_bits)
-    if not np.all(np.isfinite(scaled)):
-        raise EncodingError("cannot encode NaN or infinite values")
-    limit = float(2 ** (63 - HEADROOM_BITS))
-    if scaled.size and float(np.max(np.abs(scaled))) >= limit:
-        bad = float(np.max(np.abs(x)))
-        raise RangeError(
-            f"|value| {bad:.6g} >= {max_abs_value(frac_bits):.6g}: it would wrap the ring "
-            f"with frac_bits={frac_bits}; lower frac_bits or clip the update"
-        )
-    return np.rint(scaled).astype(np.int64)
+    scaled = x * float(2**frac_bits)  # exact: a power of two
+    if scaled.size:
+        # one max and one min pass, no temporaries; NaN fails both comparisons
+        hi, lo, limit = float(np.max(scaled)), float(np.min(scaled)), float(2 ** (63 - HEADROOM_BITS))
+        if not (np.isfinite(hi) and np.isfinite(lo)):
+            raise EncodingError("cannot encode NaN or infinite values")
+        if not (hi < limit and lo > -limit):
+            raise RangeError(
+                f"|value| {max(abs(hi), abs(lo)) / 2**frac_bits:.6g} >= {max_abs_value(frac_bits):.6g}: it would "
+                f"wrap the ring with frac_bits={frac_bits}; lower frac_bits or clip the update"
+            )
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int64)
 
 
 def decode(ring: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.float64]:

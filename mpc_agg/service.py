@@ -88,6 +88,7 @@ class Service:
             drained, deadline = 0, time.monotonic() + self.drain_s
             while time.monotonic() < deadline and self.sock.poll(int(self.drain_idle_s * 1000), zmq.POLLIN):
                 self.handle_one()
+                self.tick()
                 drained += 1
             event(self.log, "drained", service=self.name, requests=drained)
         finally:
@@ -98,7 +99,7 @@ class Service:
         self.sctx.close()
 
     def tick(self) -> None:
-        """Called about every 200 ms between requests (timeouts of work in progress)."""
+        """Called after every request and at least every 200 ms (group commit, timeouts of work in progress)."""
 
     def handle_one(self) -> None:
         try:

@@ -11,7 +11,8 @@ Layout under a party's ``state_dir``::
 ``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
 renamed.  A report's record may be appended in chunks (the leader receives its
 share in chunks, one report at a time); its checksum is appended and the log
-fsync'ed (one fsync, no new directory entry) before the party acknowledges it.
+fsync'ed (no new directory entry; one fsync may cover several reports: group
+commit) before the party acknowledges it.
 So a report a client saw acknowledged survives ``kill -9``; a torn tail (a
 crash, or a client gone mid-upload) is recognised by its length or checksum,
 never taken for a report, and cut off when the round is loaded again.
@@ -93,11 +94,20 @@ class RoundStore:
         """Start appending one report's record; its material follows in :meth:`ReportWriter.write` calls."""
         return ReportWriter(rdir / "reports.log", report_hex, client, length)
 
-    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview) -> StoredReport:
-        """Append and fsync one whole report's record; returns where its material lies."""
+    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview, *,
+                   sync: bool = True) -> StoredReport:
+        """Append (and fsync, unless ``sync=False``) one whole report's record; returns where its material lies."""
         w = self.begin_report(rdir, report_hex, client, memoryview(material).nbytes)
         w.write(material)
-        return w.commit()
+        return w.commit(sync=sync)
+
+    def sync(self, rdir: Path) -> None:
+        """fsync a round's log: every record sealed so far survives a crash (one fsync for many reports)."""
+        fd = os.open(rdir / "reports.log", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def material_path(rdir: Path) -> Path:
@@ -207,13 +217,15 @@ class ReportWriter:
         self._digest.update(data)
         self.written += n
 
-    def commit(self) -> StoredReport:
-        """Seal the record and fsync the log: from here on the report survives a crash."""
+    def commit(self, *, sync: bool = True) -> StoredReport:
+        """Seal the record; with ``sync`` fsync the log too (else :meth:`RoundStore.sync` must run before
+        the report is acknowledged).  Once synced the report survives a crash."""
         if self.written != self.length:
             raise ValueError("record is incomplete")
         self._f.write(self._digest.digest())
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if sync:
+            os.fsync(self._f.fileno())
         self._f.close()
         return StoredReport(self.report, self.client, self.offset, self.length)
 

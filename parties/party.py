@@ -85,6 +85,7 @@ class Party(Service):
     chunk_values = 1 << 20  # values per upload chunk (8 MiB; even, for keystream block alignment)
     upload_idle_s = 10.0  # an upload with no chunk for this long is dropped (its client is gone)
     max_waiting = 100_000  # uploads queued behind the one in progress
+    max_group = 64  # reports acknowledged by one fsync at most
 
     def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0) -> None:
         self.dep = deployment
@@ -114,6 +115,7 @@ class Party(Service):
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
         self.upload: _Upload | None = None
+        self.unsynced: dict[Path, list[tuple[bytes, str, Message, dict[str, Any]]]] = {}
         self.waiting: collections.deque[tuple[bytes, str, Message]] = collections.deque()
         self.store = RoundStore(self.cfg.state_dir)
         self._recover()
@@ -129,6 +131,7 @@ class Party(Service):
         }, f"party-{party_id}")
 
     def close(self) -> None:
+        self._sync_and_ack()
         deactivate()
         super().close()
 
@@ -219,7 +222,7 @@ class Party(Service):
         self.seen_report_ids.add(report_hex)
         event(log, "report", party=self.id, round=st.spec.round_id, client=client, report=report_hex)
 
-    def _on_report(self, identity: str, msg: Message) -> Reply:
+    def _on_report(self, identity: str, msg: Message) -> Reply | None:
         """A helper's whole report: one 32-byte seed."""
         if self.is_leader:
             raise WireError("the leader takes reports in chunks (REPORT_BEGIN, REPORT_CHUNK)")
@@ -227,11 +230,11 @@ class Party(Service):
         if len(msg.payloads) != 1 or msg.payloads[0].nbytes != SEED_BYTES:
             raise WireError(f"party {self.id} expects one payload of {SEED_BYTES} bytes")
         material = msg.payloads[0]
-        stored = self.store.add_report(st.dir, report_hex, client, material)  # durable before the ack
+        stored = self.store.add_report(st.dir, report_hex, client, material, sync=False)
         accumulate_seed(st.total, bytes(material), ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex)),
                         self.id)
         self._acknowledge(st, client, report_hex, stored)
-        return MsgType.OK, {"report_id": report_hex}, []
+        return self._ack_when_durable(st, identity, msg, {"report_id": report_hex})
 
     # --- the leader's chunked uploads -----------------------------------------------------
     # One upload at a time: REPORT_BEGIN is answered when the upload is admitted (others wait in
@@ -266,7 +269,7 @@ class Party(Service):
                 continue  # that client has given up
             self.answer(routing_id, identity, msg, lambda: self._admit(identity, msg))
 
-    def _on_chunk(self, identity: str, msg: Message) -> Reply:
+    def _on_chunk(self, identity: str, msg: Message) -> Reply | None:
         up = self.upload
         report_hex = require(msg.meta, "report_id", str)
         if up is None or up.report != report_hex or f"client:{up.client}" != identity:
@@ -288,11 +291,25 @@ class Party(Service):
         up.last = time.monotonic()
         if up.next < size:
             return MsgType.OK, {"report_id": report_hex, "next": up.next}, []
-        stored = up.writer.commit()  # durable before the ack
+        stored = up.writer.commit(sync=False)
         self.upload = None
         self._acknowledge(up.st, up.client, report_hex, stored)
-        self._admit_next()
-        return MsgType.OK, {"report_id": report_hex, "done": True}, []
+        self._admit_next()  # the next upload streams in while this one is synced
+        return self._ack_when_durable(up.st, identity, msg, {"report_id": report_hex, "done": True})
+
+    # --- group commit: a report is acknowledged only after an fsync that covers it ---------------
+
+    def _ack_when_durable(self, st: _Round, identity: str, msg: Message, meta: dict[str, Any]) -> None:
+        self.unsynced.setdefault(st.dir, []).append((self._routing_id, identity, msg, meta))
+        return None
+
+    def _sync_and_ack(self) -> None:
+        """fsync every round log with sealed, unacknowledged reports, then send their acknowledgements."""
+        pending, self.unsynced = self.unsynced, {}
+        for rdir, acks in pending.items():
+            self.store.sync(rdir)
+            for routing_id, identity, msg, meta in acks:
+                self.answer(routing_id, identity, msg, lambda m=meta: (MsgType.OK, m, []))
 
     def _abort_upload(self, why: str) -> None:
         """Take an unfinished upload back out of the sum and off the log."""
@@ -310,12 +327,16 @@ class Party(Service):
         self._admit_next()
 
     def tick(self) -> None:
+        if self.unsynced and (len(self.unsynced) > 1 or len(next(iter(self.unsynced.values()))) >= self.max_group
+                              or not self.sock.poll(0, zmq.POLLIN)):
+            self._sync_and_ack()  # nothing else queued (or enough waiting): one fsync for them all
         if self.upload is not None and time.monotonic() - self.upload.last > self.upload_idle_s:
             self._abort_upload(f"no chunk for {self.upload_idle_s:g} s")
 
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if identity != "coordinator":
             raise AuthError("only the coordinator closes rounds")
+        self._sync_and_ack()  # every report the close may count is durable and acknowledged first
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
         deadline = msg.meta.get("deadline")
