@@ -51,6 +51,8 @@ def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
         if tuple(arr.shape) != shape:
             raise EncodingError(f"{name!r} has shape {tuple(arr.shape)}, the round expects {shape}")
         parts.append(arr.reshape(-1))
+    if len(parts) == 1:
+        return parts[0]  # callers never write into it
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

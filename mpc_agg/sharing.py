@@ -105,8 +105,12 @@ def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext
     ``x - sum_j expand(seed_j)`` mod 2**64, so a vector can be shared chunk by chunk."""
     if x.dtype != np.int64 or x.ndim != 1:
         raise EncodingError("x must be a 1-D int64 vector")
-    out = x.copy()
-    for j, seed in enumerate(seeds, start=1):
+    if not seeds:
+        raise EncodingError("secret sharing needs at least 2 parties")
+    out = np.empty_like(x)
+    for off, ks in _keystream(seeds[0], ctx, 1, x.size, start):  # out = x - share_1, without a copy of x first
+        np.subtract(x[off:off + ks.size], ks, out=out[off:off + ks.size])
+    for j, seed in enumerate(seeds[1:], start=2):
         accumulate_seed(out, seed, ctx, j, start=start, subtract=True)
     return out
 

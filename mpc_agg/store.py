@@ -4,8 +4,8 @@ Layout under a party's ``state_dir``::
 
     round-<id>/spec.json      the round's spec (written before OPEN is acknowledged)
     round-<id>/reports.log    append-only records, one per acknowledged report:
-                              b"RPT2" | u32 header length | JSON header {report, client, len} | material
-                              | SHA-256 of the material (32 bytes, written last)
+                              b"RPT3" | u32 header length | JSON header {report, client, len} | material
+                              | CRC-32 of the material (u32, written last)
     round-<id>/revealed       marker: the round's sum share was released (never again)
 
 ``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
@@ -20,10 +20,10 @@ never taken for a report, and cut off when the round is loaded again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -51,9 +51,9 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
-RECORD_MAGIC = b"RPT2"
+RECORD_MAGIC = b"RPT3"
 _LEN = struct.Struct(">I")
-_DIGEST = 32
+_CRC = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -154,15 +154,15 @@ class RoundStore:
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
-                    length, digest = int(header["len"]), hashlib.sha256()
+                    length, crc = int(header["len"]), 0
                     start, left = pos + 8 + hlen, length
                     while left:
                         data = f.read(min(left, 1 << 20))
                         if not data:
                             raise ValueError("truncated material")
-                        digest.update(data)
+                        crc = zlib.crc32(data, crc)
                         left -= len(data)
-                    if f.read(_DIGEST) != digest.digest():
+                    if f.read(_CRC.size) != _CRC.pack(crc):
                         raise ValueError("checksum mismatch")
                     out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
                 except (ValueError, KeyError, TypeError, struct.error):
@@ -207,14 +207,14 @@ class ReportWriter:
         self._f.write(RECORD_MAGIC + _LEN.pack(len(header)) + header)
         self.offset = self.start + 8 + len(header)
         self.written = 0
-        self._digest = hashlib.sha256()
+        self._crc = 0
 
     def write(self, data: bytes | memoryview) -> None:
         n = memoryview(data).nbytes
         if self.written + n > self.length:
             raise ValueError("more material than the record announced")
         self._f.write(data)
-        self._digest.update(data)
+        self._crc = zlib.crc32(data, self._crc)
         self.written += n
 
     def commit(self, *, sync: bool = True) -> StoredReport:
@@ -222,7 +222,7 @@ class ReportWriter:
         the report is acknowledged).  Once synced the report survives a crash."""
         if self.written != self.length:
             raise ValueError("record is incomplete")
-        self._f.write(self._digest.digest())
+        self._f.write(_CRC.pack(self._crc))
         self._f.flush()
         if sync:
             os.fsync(self._f.fileno())
