@@ -1,11 +1,20 @@
 """Verified clipping: the parties check each report's L2 norm in MPC and learn one bit per report.
 
 For every report j the parties hold additive shares of its ring vector
-x_j (d update coordinates plus the weight coordinate W_j).  With CrypTen over the
-ZeroMQ communicator and Beaver tuples from the dealer they compute shares of
-S_j = sum_i x_ji**2 (one ``square`` opening per chunk of coordinates, batched
-over all reports, so the number of communication rounds grows with d/chunk,
-not with n), then four sign tests batched into one CrypTen comparison:
+x_j (d update coordinates plus the weight coordinate W_j).  They compute shares of
+S_j = sum_i x_ji**2, batched over all reports and chunks of coordinates (the
+number of communication rounds grows with d/chunk, not with n), either
+
+* k = 3: by 2-out-of-3 replicated sharing.  Each party also gets the next
+  party's share (helpers' shares are 32-byte seeds; only the leader's dense share
+  travels, to party 2), and computes its share of S_j locally.  Private unless
+  two parties collude.  Moves 8·d bytes per report between parties; or
+* any k: with CrypTen over the ZeroMQ communicator and Beaver square tuples from
+  the dealer (one ``square`` opening per chunk).  Private unless the dealer
+  colludes with a party.  Moves k(k-1)·8·d bytes per report,
+
+then four sign tests batched into one CrypTen comparison (binary tuples from the
+dealer; a dealer colluding with a party could learn norms there, not updates):
 
     S_j >= 0,  S_j <= bound,  W_j >= 2**f,  W_j <= 2**f
 
@@ -59,12 +68,18 @@ def norm_bound(*, clip_norm: float, frac_bits: int, dim: int, noise_variance: fl
 
 
 def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim: int, *,
-                 bound: int, frac_bits: int) -> list[bool]:
+                 bound: int, frac_bits: int,
+                 next_rows: Callable[[int, int, np.ndarray], np.ndarray] | None = None) -> list[bool]:
     """Accept/reject bits for ``reports`` shared vectors of ``dim`` values (+ weight at index ``dim``).
 
     ``read_chunk(start, count)`` returns this party's int64 shares, shape (reports, count), of
     coordinates ``start .. start+count``.  Must run on every party at once inside an active
     CrypTen session (:func:`mpc_agg.crypten_glue.activate`) with the dealer provider.
+
+    ``next_rows`` (k = 3 only) switches the squares to replicated sharing: given the same chunk
+    of this party's shares, it returns party (i+1) mod 3's shares of it, and the squared norm's
+    share is computed locally as ``sum(s_i * (s_i + 2 * s_next))`` (the three terms add up to
+    (s_0 + s_1 + s_2)**2; Araki et al., CCS 2016, 2-out-of-3 sharing) with no Beaver opening.
     """
     import crypten
     from crypten.mpc import MPCTensor
@@ -76,8 +91,12 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     total = torch.zeros(reports, dtype=torch.int64)
     for start in range(0, dim, step):
         count = min(step, dim - start)
-        x = ArithmeticSharedTensor.from_shares(torch.from_numpy(read_chunk(start, count)), precision=0)
-        total += beaver.square(x).share.sum(dim=1)
+        mine = read_chunk(start, count)
+        if next_rows is not None:  # int64 arithmetic wraps: exactly the ring Z_2^64
+            total += torch.from_numpy((mine * (mine + 2 * next_rows(start, count, mine))).sum(axis=1))
+        else:
+            x = ArithmeticSharedTensor.from_shares(torch.from_numpy(mine), precision=0)
+            total += beaver.square(x).share.sum(dim=1)
     weight = torch.from_numpy(read_chunk(dim, 1)[:, 0].copy())
     s = MPCTensor.from_shares(total, precision=0)
     w = MPCTensor.from_shares(weight, precision=0)

@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -383,7 +383,8 @@ class Party(Service):
         rejected: list[str] = []
         if st.spec.verify_norm:
             ok = verify_norms(lambda start, count: self._share_rows(st, cohort, start, count), len(cohort),
-                              st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits)
+                              st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits,
+                              next_rows=self._replicated(st, cohort) if self.k == 3 else None)
             rejected = [h for h, good in zip(cohort, ok) if not good]
             cohort = [h for h, good in zip(cohort, ok) if good]
         floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
@@ -408,6 +409,32 @@ class Party(Service):
         meta = {"round": r, "party": self.id, "cohort": cohort, "clients": clients,
                 "rejected": sorted(st.reports[h] for h in rejected)}
         return MsgType.SUM_SHARE, meta, [share.data]
+
+    def _replicated(self, st: _Round, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
+        """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
+
+        Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
+        to party 2, chunk by chunk.  Each party then holds two of the three shares of every report."""
+        if self.id > 0:  # seeds of the cohort's reports, in cohort order
+            seeds = b"".join(self.store.read_material(st.dir, st.stored[h]) for h in cohort)
+            self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.id - 1)
+        nxt = (self.id + 1) % 3
+        if nxt == 0:
+            def from_leader(start: int, count: int, mine: np.ndarray) -> np.ndarray:
+                return self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
+            return from_leader
+        raw = self.comm.recv(torch.empty(4 * len(cohort), dtype=torch.int64), nxt).numpy().tobytes()
+        peer_seeds = [raw[32 * j:32 * j + 32] for j in range(len(cohort))]
+
+        def from_seeds(start: int, count: int, mine: np.ndarray) -> np.ndarray:
+            if self.id == 0:
+                self.comm.send(torch.from_numpy(mine), 2)
+            rows = np.empty_like(mine)
+            for j, h in enumerate(cohort):
+                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
+                rows[j] = expand_seed(peer_seeds[j], ctx, nxt, count, start=start)
+            return rows
+        return from_seeds
 
     def _share_rows(self, st: _Round, reports: list[str], start: int, count: int) -> np.ndarray:
         """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
