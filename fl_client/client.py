@@ -26,11 +26,10 @@ from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MsgType
+from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
 __all__ = ["SecureAggClient", "flatten_update"]
 
-UPLOAD_WINDOW = 2  # leader chunks in flight per client
 
 
 def _to_numpy(v: Any) -> np.ndarray:

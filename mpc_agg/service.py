@@ -111,7 +111,6 @@ class Service:
             self.reply_error(getattr(exc, "routing_id", None), None, exc)
             return
         handler = self.handlers.get(msg.type)
-        self._routing_id = routing_id  # for handlers that answer later (they return None)
         self.answer(routing_id, identity, msg, lambda: self._no_handler(msg) if handler is None
                     else handler(identity, msg))
 
@@ -120,7 +119,10 @@ class Service:
         raise WireError(f"message type {msg.type.name} is not served here")
 
     def answer(self, routing_id: bytes, identity: str, msg: Message, work: Callable[[], Reply | None]) -> None:
-        """Run ``work`` for a request and send its reply, or its typed error; None means 'answered later'."""
+        """Run ``work`` for a request and send its reply, or its typed error; None means 'answered later'.
+
+        While ``work`` runs, ``self._routing_id`` is the request's (handlers that defer keep it)."""
+        outer, self._routing_id = self._routing_id, routing_id
         try:
             result = work()
         except MpcAggError as exc:
@@ -136,6 +138,8 @@ class Service:
             self.reply_error(routing_id, msg.meta.get("rid"),
                              MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
             return
+        finally:
+            self._routing_id = outer
         if result is not None:
             self.counters["handled"] += 1
             mtype, meta, payloads = result

@@ -31,6 +31,7 @@ __all__ = [
     "MAGIC",
     "HEADER",
     "MAX_META_BYTES",
+    "UPLOAD_WINDOW",
     "DEFAULT_MAX_PAYLOAD",
     "MsgType",
     "Message",
@@ -44,6 +45,8 @@ HEADER = struct.Struct(">4sBBHII")
 MAX_META_BYTES = 1 << 20
 DEFAULT_MAX_PAYLOAD = 1 << 31
 MAX_PAYLOADS = 64
+UPLOAD_WINDOW = 2
+"""REPORT_CHUNKs a client may have unacknowledged at the leader (the leader holds at most that many)."""
 
 
 class MsgType(enum.IntEnum):

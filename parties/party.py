@@ -48,7 +48,7 @@ from mpc_agg.spec import RoundSpec
 from mpc_agg.store import ReportWriter, RoundStore, StoredReport
 from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MAX_META_BYTES, Message, MsgType, require
+from mpc_agg.wire import MAX_META_BYTES, UPLOAD_WINDOW, Message, MsgType, require
 
 __all__ = ["Party"]
 
@@ -69,14 +69,15 @@ class _Round:
 
 @dataclass
 class _Upload:
-    """The leader's one upload in progress."""
+    """An upload admitted by the leader: the active one (with a writer) or the one admitted ahead."""
 
     st: _Round
     client: str
     report: str
-    writer: ReportWriter
+    writer: ReportWriter | None
     last: float  # monotonic time of the last chunk
     next: int = 0  # the next value expected
+    held: list[tuple[bytes, str, Message]] = field(default_factory=list)  # chunks received before its turn
 
 
 class Party(Service):
@@ -115,6 +116,7 @@ class Party(Service):
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
         self.upload: _Upload | None = None
+        self.next: _Upload | None = None
         self.unsynced: dict[Path, list[tuple[bytes, str, Message, dict[str, Any]]]] = {}
         self.waiting: collections.deque[tuple[bytes, str, Message]] = collections.deque()
         self.store = RoundStore(self.cfg.state_dir)
@@ -237,10 +239,12 @@ class Party(Service):
         return self._ack_when_durable(st, identity, msg, {"report_id": report_hex})
 
     # --- the leader's chunked uploads -----------------------------------------------------
-    # One upload at a time: REPORT_BEGIN is answered when the upload is admitted (others wait in
-    # a queue holding no payload), then chunks come in order, each added to the running sum and
-    # appended to the log; the last one seals the record and fsyncs it before the ack.  The
-    # leader's memory is thus the sum plus a few chunks, whatever the number of clients.
+    # Uploads are written one at a time: REPORT_BEGIN is answered when the upload is admitted
+    # (others wait in a queue holding no payload); chunks of the active upload are added to the
+    # running sum and appended to the log, in order; the last one seals the record (acknowledged
+    # after the next group fsync).  One more upload is admitted ahead (``next``): its chunks
+    # (at most UPLOAD_WINDOW) are held until it becomes active, so its client encrypts and sends
+    # while the active one is decrypted and written.  Memory: the sum plus a few chunks, whatever n.
 
     def _on_begin(self, identity: str, msg: Message) -> Reply | None:
         if not self.is_leader:
@@ -249,7 +253,7 @@ class Party(Service):
         deadline = msg.meta.get("deadline")
         if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
             raise WireError("deadline must be a number (seconds since the epoch)")
-        if self.upload is not None or self.waiting:
+        if self.next is not None or self.waiting:
             if len(self.waiting) >= self.max_waiting:
                 raise RoundStateError("too many uploads waiting at the leader; try again later")
             self.waiting.append((self._routing_id, identity, msg))
@@ -258,21 +262,44 @@ class Party(Service):
 
     def _admit(self, identity: str, msg: Message) -> Reply:
         st, client, report_hex = self._check_report(identity, msg.meta)  # again: the state may have moved on
-        writer = self.store.begin_report(st.dir, report_hex, client, 8 * (st.spec.dim + 1))
-        self.upload = _Upload(st, client, report_hex, writer, time.monotonic())
+        if any(u is not None and u.client == client for u in (self.upload, self.next)):
+            raise DuplicateReportError(f"client {client!r} has an upload in progress")
+        up = _Upload(st, client, report_hex, None, time.monotonic())
+        if self.upload is None:
+            self._activate(up)
+        else:
+            self.next = up
         return MsgType.OK, {"report_id": report_hex, "chunk": self.chunk_values}, []
 
+    def _activate(self, up: _Upload) -> None:
+        up.writer = self.store.begin_report(up.st.dir, up.report, up.client, 8 * (up.st.spec.dim + 1))
+        up.last = time.monotonic()
+        self.upload = up
+
     def _admit_next(self) -> None:
-        while self.upload is None and self.waiting:
+        """After the active upload ended: promote the one admitted ahead, replay its held chunks, admit more."""
+        if self.upload is None and self.next is not None:
+            up, self.next = self.next, None
+            self._activate(up)
+            held, up.held = up.held, []
+            for routing_id, identity, msg in held:
+                self.answer(routing_id, identity, msg, lambda i=identity, m=msg: self._on_chunk(i, m))
+        while (self.upload is None or self.next is None) and self.waiting:
             routing_id, identity, msg = self.waiting.popleft()
             if time.time() >= msg.meta["deadline"]:
                 continue  # that client has given up
             self.answer(routing_id, identity, msg, lambda: self._admit(identity, msg))
 
     def _on_chunk(self, identity: str, msg: Message) -> Reply | None:
-        up = self.upload
         report_hex = require(msg.meta, "report_id", str)
-        if up is None or up.report != report_hex or f"client:{up.client}" != identity:
+        up, ahead = self.upload, self.next
+        if ahead is not None and ahead.report == report_hex and f"client:{ahead.client}" == identity:
+            if len(ahead.held) >= UPLOAD_WINDOW:
+                raise WireError(f"more than {UPLOAD_WINDOW} chunks in flight")
+            ahead.held.append((self._routing_id, identity, msg))
+            ahead.last = time.monotonic()
+            return None  # answered once this upload is active
+        if up is None or up.writer is None or up.report != report_hex or f"client:{up.client}" != identity:
             raise RoundStateError(f"no upload of report {report_hex} is in progress for this client")
         try:
             offset = require(msg.meta, "offset", int)
@@ -280,6 +307,8 @@ class Party(Service):
             count = min(self.chunk_values, size - up.next)
             if offset != up.next or len(msg.payloads) != 1 or msg.payloads[0].nbytes != 8 * count:
                 raise WireError(f"expected the chunk at {up.next} of {count} values")
+            if up.st.revealed:
+                raise RoundStateError(f"round {up.st.spec.round_id} was closed during the upload")
         except MpcAggError:
             self._abort_upload("bad chunk")
             raise
@@ -294,8 +323,36 @@ class Party(Service):
         stored = up.writer.commit(sync=False)
         self.upload = None
         self._acknowledge(up.st, up.client, report_hex, stored)
-        self._admit_next()  # the next upload streams in while this one is synced
+        self._admit_next()  # the upload admitted ahead takes over while this one is synced
         return self._ack_when_durable(up.st, identity, msg, {"report_id": report_hex, "done": True})
+
+    def _abort_upload(self, why: str) -> None:
+        """Take the unfinished active upload back out of the sum and off the log."""
+        up = self.upload
+        if up is None or up.writer is None:
+            return
+        self.upload = None
+        partial = up.writer.material()
+        for pos, block in self.store.iter_material(up.st.dir, partial):
+            view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
+            np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
+        up.writer.abort()
+        event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
+              report=up.report, received=up.next, reason=why)
+        self._admit_next()
+
+    def tick(self) -> None:
+        if self.unsynced and (len(self.unsynced) > 1 or len(next(iter(self.unsynced.values()))) >= self.max_group
+                              or not self.sock.poll(0, zmq.POLLIN)):
+            self._sync_and_ack()  # nothing else queued (or enough waiting): one fsync for them all
+        now = time.monotonic()
+        if self.upload is not None and now - self.upload.last > self.upload_idle_s:
+            self._abort_upload(f"no chunk for {self.upload_idle_s:g} s")
+        if self.next is not None and not self.next.held and now - self.next.last > self.upload_idle_s:
+            ahead, self.next = self.next, None  # admitted ahead but silent: nothing of it was written
+            event(log, "upload_aborted", logging.WARNING, party=self.id, round=ahead.st.spec.round_id,
+                  client=ahead.client, report=ahead.report, received=0, reason="no chunk before its turn")
+            self._admit_next()
 
     # --- group commit: a report is acknowledged only after an fsync that covers it ---------------
 
@@ -325,13 +382,6 @@ class Party(Service):
         event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
               report=up.report, received=up.next, reason=why)
         self._admit_next()
-
-    def tick(self) -> None:
-        if self.unsynced and (len(self.unsynced) > 1 or len(next(iter(self.unsynced.values()))) >= self.max_group
-                              or not self.sock.poll(0, zmq.POLLIN)):
-            self._sync_and_ack()  # nothing else queued (or enough waiting): one fsync for them all
-        if self.upload is not None and time.monotonic() - self.upload.last > self.upload_idle_s:
-            self._abort_upload(f"no chunk for {self.upload_idle_s:g} s")
 
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if identity != "coordinator":
