@@ -1,8 +1,9 @@
 """A request/reply server on one CURVE ROUTER socket: the shape every role process shares.
 
 Subclasses map message types to handlers ``(identity, message) -> (type, meta,
-payloads)``, or None for a request they answer later with :meth:`Service.answer`; a handler's typed error becomes an ERROR reply with its code, a
-malformed frame a ``wire`` ERROR, and the process keeps serving either way.
+payloads)``, or None for a request they answer later with :meth:`Service.answer`;
+a handler's typed error becomes an ERROR reply with its code, a malformed frame a
+``wire`` ERROR, and the process keeps serving either way.
 ``stop()`` (e.g. from SIGTERM) drains queued requests, then ends ``serve()``.
 """
 

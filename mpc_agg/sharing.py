@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import EncodingError
 from .wire import PROTOCOL_VERSION
 
-__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share", "split", "reconstruct"]
+__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share", "split",
+           "reconstruct"]
 
 SEED_BYTES = 32
 

@@ -32,6 +32,7 @@ from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate, import_crypten
 from mpc_agg.errors import (
     MpcAggError,
+    RefusedError,
     AlreadyRevealedError,
     AuthError,
     CohortTooSmallError,
@@ -386,6 +387,9 @@ class Party(Service):
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if identity != "coordinator":
             raise AuthError("only the coordinator closes rounds")
+        extra = set(msg.meta) - {"round", "session", "deadline", "rid"}
+        if extra:  # e.g. a cohort or client list: the parties alone decide who counts
+            raise RefusedError(f"close takes only a round id, not {sorted(extra)}: the parties choose the cohort")
         self._sync_and_ack()  # every report the close may count is durable and acknowledged first
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)

@@ -18,6 +18,7 @@ from mpc_agg.errors import (
     AuthError,
     CohortTooSmallError,
     DuplicateReportError,
+    RefusedError,
     RoundStateError,
     SpecMismatchError,
     WireError,
@@ -240,3 +241,23 @@ def test_replayed_close_after_its_deadline_is_ignored(dep3: LocalDeployment, rou
             req.sctx.close()  # type: ignore[attr-defined]
         res = coord.close_round(round_id, timeout_s=30)  # the round is untouched and closes normally
     assert np.allclose(res.average["w"].numpy(), 0.5)
+
+
+def test_coordinator_cannot_pick_a_subset_of_the_cohort(dep3: LocalDeployment, round_id: int) -> None:
+    """A close naming reports or clients is refused by every party; the parties alone decide who counts."""
+    with Coordinator.from_config(dep3.config) as coord:
+        coord.open_round(round_id, shapes=SHAPES, min_clients=3)
+        _submit(dep3, round_id, range(4), value=1.5)
+        reqs = [_raw(dep3, p, dep3.deployment.coordinator_public_key, dep3.deployment.coordinator_private_key_file)
+                for p in range(3)]
+        try:
+            for p, req in enumerate(reqs):
+                for pick in ({"cohort": ["00" * 16]}, {"clients": ["client-0"]}):
+                    with pytest.raises(RefusedError, match="parties choose the cohort"):
+                        meta = {"round": round_id, "session": "s", "deadline": time.time() + 30, **pick}
+                        req.request(MsgType.CLOSE_ROUND, meta, timeout_s=10, what=f"party {p}")
+        finally:
+            for req in reqs:
+                req.sctx.close()  # type: ignore[attr-defined]
+        res = coord.close_round(round_id, timeout_s=30)
+    assert res.clients == ("client-0", "client-1", "client-2", "client-3")
