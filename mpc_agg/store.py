@@ -6,7 +6,8 @@ Layout under a party's ``state_dir``::
     round-<id>/reports.log    append-only records, one per acknowledged report:
                               b"RPT3" | u32 header length | JSON header {report, client, len} | material
                               | CRC-32 of the material (u32, written last)
-    round-<id>/revealed       marker: the round's sum share was released (never again)
+    round-<id>/revealed       marker: the round's sum share was released (never again), with the
+                              cohort and every report id; the log is deleted then
 
 ``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
 renamed.  A report's record may be appended in chunks (the leader receives its
@@ -125,13 +126,11 @@ class RoundStore:
             for pos in range(0, rep.length, block):
                 yield pos, f.read(min(block, rep.length - pos))
 
-    def mark_revealed(self, rdir: Path, cohort: list[str]) -> None:
-        _write_atomic(rdir / "revealed", json.dumps({"cohort": cohort}).encode())
-
-    def drop_material(self, rdir: Path, reports: dict[str, str]) -> None:
-        """After the reveal: keep only the report ids (the replay guard), not their shares."""
+    def mark_revealed(self, rdir: Path, cohort: list[str], reports: dict[str, str]) -> None:
+        """Durably mark the round revealed (never again), keeping the cohort and every report id (the replay
+        guard); then drop the share material."""
         ids = [{"report": h, "client": c} for h, c in reports.items()]
-        _write_atomic(rdir / "revealed-reports.json", json.dumps(ids).encode())
+        _write_atomic(rdir / "revealed", json.dumps({"cohort": cohort, "reports": ids}).encode())
         (rdir / "reports.log").unlink(missing_ok=True)
 
     def is_revealed(self, round_id: int) -> bool:
@@ -177,7 +176,7 @@ class RoundStore:
                 continue  # a round whose OPEN was never acknowledged
             if (rdir / "revealed").exists():
                 try:
-                    ids = json.loads((rdir / "revealed-reports.json").read_text())
+                    ids = json.loads((rdir / "revealed").read_text())["reports"]
                     reps = tuple(StoredReport(str(x["report"]), str(x["client"]), 0, 0) for x in ids)
                 except (OSError, ValueError, KeyError, TypeError):
                     reps = tuple(self._records(rdir / "reports.log")[0])

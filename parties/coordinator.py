@@ -162,15 +162,17 @@ class Coordinator:
             if a.type != MsgType.SUM_SHARE or len(a.payloads) != 1 or a.payloads[0].nbytes != nbytes:
                 raise WireError(f"party {i} sent a malformed sum share")
             shares.append(np.frombuffer(a.payloads[0], dtype="<i8").astype(np.int64, copy=False))
-        total = decode(reconstruct(shares), spec.frac_bits)
-        weight = float(total[-1])
+        ring = reconstruct(shares)
+        weight = float(decode(ring[-1:], spec.frac_bits)[0])
         if not weight > 0:
             raise RefusedError(f"revealed total weight {weight} is not positive")
-        avg = total[:-1] / weight
+        avg = ring[:-1].astype(np.float64)  # decode (exact: a power of two), then divide, in place
+        avg *= 2.0 ** -spec.frac_bits
+        avg /= weight
         out, off = {}, 0
         for name, shape in spec.shapes:
             n = int(np.prod(shape, dtype=np.int64))
-            out[name] = torch.from_numpy(avg[off:off + n].reshape(shape).copy())
+            out[name] = torch.from_numpy(avg[off:off + n].reshape(shape))  # views of one fresh buffer
             off += n
         clients = tuple(answers[0].meta.get("clients", ()))
         dp_event = _dp_event(spec)

@@ -451,9 +451,8 @@ class Party(Service):
 
         held = ArithmeticSharedTensor.from_shares(torch.from_numpy(st.total), precision=0)
         st.revealed = True
-        self.store.mark_revealed(st.dir, cohort)
+        self.store.mark_revealed(st.dir, cohort, st.reports)
         st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
-        self.store.drop_material(st.dir, st.reports)
         st.stored.clear()
         clients = sorted(st.reports[h] for h in cohort)
         event(log, "reveal", party=self.id, round=r, cohort=len(cohort),
