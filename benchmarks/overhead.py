@@ -18,9 +18,9 @@ In one run and one process tree:
   submit concurrently from a pool of n threads of this process.  The secure
   and plaintext averages must both match the numpy mean of the updates
   (secure: within 2**-frac_bits, the fixed-point resolution);
-* client encode+share (``np.append(x * w, w)`` encoded, then split, exactly as
-  ``SecureAggClient.submit`` does) is timed alone, single-threaded, before any
-  process is started;
+* client encode+share (encoded into one int64 buffer, the leader's share
+  computed in place, as ``SecureAggClient.submit`` does) is timed alone,
+  single-threaded, before any process is started;
 * each party's peak RSS (VmHWM of /proc/PID/status, so Linux only) is read
   after the rounds; then for each ``--rss-clients`` value n a fresh deployment
   runs one secure round with n concurrent clients and its party peak RSS is read.
@@ -65,7 +65,7 @@ import mpc_agg
 from fl_client import SecureAggClient
 from mpc_agg.config import Deployment, free_ports
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS, encode
-from mpc_agg.sharing import ShareContext, split
+from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.wire import MsgType, encode_message
 from parties.coordinator import Coordinator, RoundResult
 from parties.launcher import LocalDeployment
@@ -169,12 +169,15 @@ def check_average(what: str, average: npt.NDArray[np.float64], weight: float, ex
 
 
 def measure_client_shard(x: npt.NDArray[np.float64], parties: int, frac_bits: int) -> list[float]:
-    """Seconds of encode+split of ``x`` (weight 1) over SHARD_SAMPLES runs."""
+    """Seconds of encode + share of ``x`` (weight 1) over SHARD_SAMPLES runs, as ``SecureAggClient.submit``
+    does it: encode into one int64 buffer, then the leader's share in place."""
     times: list[float] = []
     for _ in range(SHARD_SAMPLES):
         t0 = time.perf_counter()
-        ring = encode(np.append(x * 1.0, 1.0), frac_bits)
-        split(ring, parties, ShareContext(1, "client-0", os.urandom(16)))
+        ring = np.empty(x.size + 1, dtype=np.int64)
+        encode(x, frac_bits, out=ring[:-1])
+        encode([1.0], frac_bits, out=ring[-1:])
+        leader_share(ring, new_seeds(parties), ShareContext(1, "client-0", os.urandom(16)), out=ring)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -141,10 +141,9 @@ class SecureAggClient:
             if norm > spec.clip_norm:
                 x = x * (spec.clip_norm / norm)
         if event is None:
-            weighted = np.empty(x.size + 1)  # the weighted update, then the weight itself
-            np.multiply(x, weight, out=weighted[:-1])
-            weighted[-1] = weight
-            ring = encode(weighted, spec.frac_bits)
+            ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
+            encode(x, spec.frac_bits, scale=weight, out=ring[:-1])
+            encode([weight], spec.frac_bits, out=ring[-1:])
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
         report_id = os.urandom(16)
@@ -173,7 +172,8 @@ class SecureAggClient:
             raise WireError("party 0 announced an invalid chunk size")
         pending: collections.deque[str] = collections.deque()
         for start in range(0, ring.size, chunk):
-            part = leader_share(ring[start:start + chunk], seeds, ctx, start=start)
+            part = ring[start:start + chunk]
+            leader_share(part, seeds, ctx, start=start, out=part)  # in place: the ring is not needed again
             pending.append(req.send(MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
                                     [part.data]))
             if len(pending) >= UPLOAD_WINDOW:

@@ -44,14 +44,28 @@ def max_abs_value(frac_bits: int) -> float:
     return float(2 ** (63 - HEADROOM_BITS - frac_bits))
 
 
-def encode(values: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.int64]:
-    """Encode reals as int64 ring elements (round to nearest, range-checked)."""
+_BLOCK = 1 << 16  # values per pass: the float temporaries stay in cache
+
+
+def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
+           out: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int64]:
+    """Encode ``scale * values`` as int64 ring elements (round to nearest, range-checked).
+
+    Works block by block into ``out`` (allocated if None), so a large vector costs one
+    int64 output and no full-size float temporaries."""
     _check_frac_bits(frac_bits)
-    x = np.asarray(values, dtype=np.float64)
-    scaled = x * float(2**frac_bits)  # exact: a power of two
-    if scaled.size:
-        # one max and one min pass, no temporaries; NaN fails both comparisons
-        hi, lo, limit = float(np.max(scaled)), float(np.min(scaled)), float(2 ** (63 - HEADROOM_BITS))
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if out is None:
+        out = np.empty(x.size, dtype=np.int64)
+    elif out.shape != x.shape or out.dtype != np.int64:
+        raise EncodingError("out must be an int64 vector of the same length")
+    factor = float(scale) * 2.0**frac_bits
+    limit = float(2 ** (63 - HEADROOM_BITS))
+    buf = np.empty(min(_BLOCK, x.size))
+    for start in range(0, x.size, _BLOCK):
+        b = buf[: min(_BLOCK, x.size - start)]
+        np.multiply(x[start:start + b.size], factor, out=b)
+        hi, lo = float(np.max(b)), float(np.min(b))  # NaN or inf fails the finiteness test
         if not (np.isfinite(hi) and np.isfinite(lo)):
             raise EncodingError("cannot encode NaN or infinite values")
         if not (hi < limit and lo > -limit):
@@ -59,8 +73,9 @@ def encode(values: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.int64]:
                 f"|value| {max(abs(hi), abs(lo)) / 2**frac_bits:.6g} >= {max_abs_value(frac_bits):.6g}: it would "
                 f"wrap the ring with frac_bits={frac_bits}; lower frac_bits or clip the update"
             )
-    np.rint(scaled, out=scaled)
-    return scaled.astype(np.int64)
+        np.rint(b, out=b)
+        out[start:start + b.size] = b
+    return out
 
 
 def decode(ring: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.float64]:

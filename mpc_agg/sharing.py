@@ -101,18 +101,22 @@ def new_seeds(parties: int) -> list[bytes]:
 
 
 def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
-                 start: int = 0) -> npt.NDArray[np.int64]:
+                 start: int = 0, out: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int64]:
     """Elements ``start .. start+len(x)`` of the leader's share, given the same slice of ``x``:
-    ``x - sum_j expand(seed_j)`` mod 2**64, so a vector can be shared chunk by chunk."""
+    ``x - sum_j expand(seed_j)`` mod 2**64, so a vector can be shared chunk by chunk.
+    ``out=x`` shares in place."""
     if x.dtype != np.int64 or x.ndim != 1:
         raise EncodingError("x must be a 1-D int64 vector")
     if not seeds:
         raise EncodingError("secret sharing needs at least 2 parties")
-    out = np.empty_like(x)
-    for off, ks in _keystream(seeds[0], ctx, 1, x.size, start):  # out = x - share_1, without a copy of x first
-        np.subtract(x[off:off + ks.size], ks, out=out[off:off + ks.size])
-    for j, seed in enumerate(seeds[1:], start=2):
-        accumulate_seed(out, seed, ctx, j, start=start, subtract=True)
+    if out is None:
+        out = np.empty_like(x)
+    streams = [_keystream(seed, ctx, j, x.size, start) for j, seed in enumerate(seeds, start=1)]
+    for blocks in zip(*streams):  # block by block over all helpers, so each block of out stays in cache
+        off, n = blocks[0][0], blocks[0][1].size
+        np.subtract(x[off:off + n], blocks[0][1], out=out[off:off + n])
+        for _, ks in blocks[1:]:
+            np.subtract(out[off:off + n], ks, out=out[off:off + n])
     return out
 
 
