@@ -333,14 +333,25 @@ class Party(Service):
         if up is None or up.writer is None:
             return
         self.upload = None
-        partial = up.writer.material()
-        for pos, block in self.store.iter_material(up.st.dir, partial):
-            view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
-            np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
+        if not up.st.revealed:  # (after a reveal the sum has left and nothing is held)
+            partial = up.writer.material()
+            for pos, block in self.store.iter_material(up.st.dir, partial):
+                view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
+                np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
         up.writer.abort()
         event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
               report=up.report, received=up.next, reason=why)
         self._admit_next()
+
+    def _drop_uploads(self, round_id: int) -> None:
+        """A close is starting: uploads of that round still in progress cannot count (their clients retry)."""
+        ahead = self.next
+        if ahead is not None and ahead.st.spec.round_id == round_id:
+            self.next = None
+            for routing_id, _, msg in ahead.held:
+                self.reply_error(routing_id, msg.meta.get("rid"), RoundStateError(f"round {round_id} is closing"))
+        if self.upload is not None and self.upload.st.spec.round_id == round_id:
+            self._abort_upload(f"round {round_id} is closing")
 
     def tick(self) -> None:
         if self.unsynced and (len(self.unsynced) > 1 or len(next(iter(self.unsynced.values()))) >= self.max_group
@@ -390,7 +401,6 @@ class Party(Service):
         extra = set(msg.meta) - {"round", "session", "deadline", "rid"}
         if extra:  # e.g. a cohort or client list: the parties alone decide who counts
             raise RefusedError(f"close takes only a round id, not {sorted(extra)}: the parties choose the cohort")
-        self._sync_and_ack()  # every report the close may count is durable and acknowledged first
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
         deadline = msg.meta.get("deadline")
@@ -399,6 +409,8 @@ class Party(Service):
         left = float(deadline) - time.time()
         if not left > 0:  # e.g. delivered late after a network cut: the coordinator has given up on it
             raise RoundStateError(f"close request for round {r} arrived after its deadline; ignored")
+        self._sync_and_ack()  # every report the close may count is durable and acknowledged first
+        self._drop_uploads(r)  # and no partial upload is in the sum share that may leave
         self.comm.timeout_s = min(left, self.peer_timeout_s)  # give up when the coordinator does
         st = self.rounds.get(r)
         t0, bytes0 = time.monotonic(), self.comm.comm_bytes
