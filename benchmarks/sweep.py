@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .errors import BudgetExceededError, ConfigError, NoiseFloorError
+from .errors import BudgetExceededError, ConfigError
 
 __all__ = [
     "csprng",

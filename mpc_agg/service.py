@@ -66,10 +66,6 @@ class Service:
     def stop(self, *_: Any) -> None:
         self._stop = True
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop
-
     def health(self) -> dict[str, Any]:
         """Liveness figures for ``mpc-agg status`` and the periodic ``event=health`` line."""
         return {"service": self.name, "uptime_s": round(time.monotonic() - self.started, 3),

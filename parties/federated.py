@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

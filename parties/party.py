@@ -380,21 +380,6 @@ class Party(Service):
             for routing_id, identity, msg, meta in acks:
                 self.answer(routing_id, identity, msg, lambda m=meta: (MsgType.OK, m, []))
 
-    def _abort_upload(self, why: str) -> None:
-        """Take an unfinished upload back out of the sum and off the log."""
-        up = self.upload
-        if up is None:
-            return
-        self.upload = None
-        partial = up.writer.material()
-        for pos, block in self.store.iter_material(up.st.dir, partial):
-            view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
-            np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
-        up.writer.abort()
-        event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
-              report=up.report, received=up.next, reason=why)
-        self._admit_next()
-
     def _on_close(self, identity: str, msg: Message) -> tuple[MsgType, dict[str, Any], list[Any]]:
         if identity != "coordinator":
             raise AuthError("only the coordinator closes rounds")

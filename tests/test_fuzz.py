@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
 
 import numpy as np
 import psutil
@@ -16,7 +15,6 @@ import zmq
 
 from fl_client import SecureAggClient
 from mpc_agg.config import read_secret_key
-from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import SecureContext
 from mpc_agg.wire import HEADER, MAGIC, PROTOCOL_VERSION, MsgType, decode_message, encode_message
 from parties import Coordinator

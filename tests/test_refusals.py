@@ -23,8 +23,6 @@ from mpc_agg.errors import (
     SpecMismatchError,
     WireError,
 )
-from mpc_agg.sharing import ShareContext, split
-from mpc_agg.fixedpoint import encode
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
