@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 
 import numpy as np
 import psutil
@@ -106,3 +107,46 @@ def test_party_survives_malformed_frames(tmp_path, party: int) -> None:  # type:
                     cl.submit(1, {"w": np.full(8, 0.5)})
             res = coord.close_round(1, timeout_s=60)
     assert np.allclose(res.average["w"].numpy(), 0.5)
+
+
+def _zmtp_greeting(mechanism: bytes) -> bytes:
+    """A ZMTP 3.0 greeting (RFC 23): signature, version, mechanism, as-server flag, filler."""
+    return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+
+
+def test_raw_tcp_junk_at_every_endpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that are not even ZMTP, or ZMTP without the CURVE handshake, at every party's client and peer
+    endpoints and at the dealer: the connection is dropped, every process stays up, the next round works."""
+    rng = random.Random(7)
+    with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3, dealer=True) as ld:
+        dep = ld.deployment
+        with Coordinator(dep) as coord:
+            coord.status(timeout_s=60)  # every party serves
+            pids = {name: p.pid for name, p in ld.procs.items()}
+            rss0 = {name: psutil.Process(pid).memory_info().rss for name, pid in pids.items()}
+            endpoints = [p.client_endpoint for p in dep.parties] + [p.peer_endpoint for p in dep.parties]
+            endpoints.append(str(dep.dealer_endpoint))
+            junks = [os.urandom(64), _zmtp_greeting(b"NULL") + os.urandom(200), _zmtp_greeting(b"PLAIN"),
+                     _zmtp_greeting(b"CURVE") + b"\x04\xff" + os.urandom(8) + os.urandom(1000),
+                     bytes(rng.randrange(256) for _ in range(100_000))]
+            for ep in endpoints:
+                host, port = ep.removeprefix("tcp://").rsplit(":", 1)
+                for junk in junks:
+                    with socket.create_connection((host, int(port)), timeout=10) as s:
+                        try:
+                            s.sendall(junk)
+                            s.shutdown(socket.SHUT_WR)
+                            for _ in range(1000):  # bounded: the server drops us
+                                if not s.recv(65536):
+                                    break
+                        except OSError:
+                            pass  # reset or closed while we were still sending: dropped, as it should be
+            assert all(ld.alive().values())
+            for name, pid in pids.items():
+                assert psutil.Process(pid).memory_info().rss - rss0[name] < 64 * 2**20
+            coord.open_round(1, shapes={"w": (8,)}, min_clients=3)
+            for i in range(3):
+                with SecureAggClient.from_config(ld.config, f"client-{i}") as cl:
+                    cl.submit(1, {"w": np.full(8, 0.25)})
+            res = coord.close_round(1, timeout_s=60)
+    assert np.allclose(res.average["w"].numpy(), 0.25)
