@@ -1,6 +1,7 @@
 """Flower's SecAgg+ round beside mpc-agg's secure round: same n clients, same d float32 values, one run.
 
-Run from the repository root, with the ``bench`` extra installed (``pip install -e .[bench]``)::
+Run from the repository root, with the ``bench`` extra installed (``make bench-flower`` builds
+``.venv-bench`` with it and runs this; or ``pip install -e .[bench]``)::
 
     python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json out.json
 
@@ -9,8 +10,8 @@ Aggregation with (Poly)Logarithmic Overhead", CCS 2020) as Flower ships it, the
 ``SecAggPlusWorkflow`` (``flwr.server.workflow``) as the fit workflow of a ``DefaultWorkflow``
 ServerApp and ``secaggplus_mod`` (``flwr.client.mod``) on the ClientApp, run by Flower's
 Simulation Engine (``flwr.simulation.run_simulation``, Ray backend) with n virtual SuperNodes,
-one CPU per ClientApp actor (so as many actors as CPUs).  Each client returns its fixed float32 vector with weight 1; the
-workflow uses Flower's defaults (clipping range 8, quantization range 2**22, masks mod 2**32)
+one CPU per ClientApp actor (so as many actors as CPUs).  Each client returns its fixed float32
+vector with weight 1; the workflow uses Flower's defaults (clipping range 8, quantization range 2**22, masks mod 2**32)
 except ``max_weight=1`` (so the weight costs no precision), with ``--num-shares`` /
 ``--threshold`` 3 / 2 as in Flower's secure-aggregation example.  Rounds alternate SecAgg+ /
 plain FedAvg (``default_fit_workflow``), the first of each is a warm-up; a round is the
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
 __all__ = ["main", "run"]
 
 MODULE = "benchmarks.flower_secagg"
-INSTALL_HINT = "install it with `pip install -e .[bench]` (flwr[simulation]==1.42.0) from the repository root"
+INSTALL_HINT = ("run `make bench-flower` (a separate .venv-bench), or install it with `pip install -e .[bench]` "
+                "(flwr[simulation]==1.42.0, which moves protobuf/packaging/rich/typer below our pins)")
 PARTIES = 3
 CLIPPING_RANGE = 8.0  # Flower's defaults, except max_weight
 QUANTIZATION_RANGE = 2**22

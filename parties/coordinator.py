@@ -24,7 +24,6 @@ from mpc_agg.dp import PrivacyLedger, SkellamRound
 from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
 from mpc_agg.fixedpoint import decode
 from mpc_agg.logs import event
-from mpc_agg.sharing import reconstruct
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
@@ -156,13 +155,16 @@ class Coordinator:
         cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
         if len(cohorts) != 1:
             raise RefusedError("parties revealed different cohorts: result discarded")
-        nbytes = 8 * (spec.dim + 1)
-        shares = []
+        ring = np.zeros(spec.dim + 1, dtype=np.int64)  # the sum of the k shares, mod 2**64, frame by frame
         for i, a in enumerate(answers):
-            if a.type != MsgType.SUM_SHARE or len(a.payloads) != 1 or a.payloads[0].nbytes != nbytes:
+            sizes = [p.nbytes for p in a.payloads]
+            if a.type != MsgType.SUM_SHARE or sum(sizes) != ring.nbytes or any(n % 8 for n in sizes):
                 raise WireError(f"party {i} sent a malformed sum share")
-            shares.append(np.frombuffer(a.payloads[0], dtype="<i8").astype(np.int64, copy=False))
-        ring = reconstruct(shares)
+            off = 0
+            for p in a.payloads:
+                view = ring[off:off + p.nbytes // 8]
+                np.add(view, np.frombuffer(p, dtype="<i8"), out=view)
+                off += view.size
         weight = float(decode(ring[-1:], spec.frac_bits)[0])
         if not weight > 0:
             raise RefusedError(f"revealed total weight {weight} is not positive")

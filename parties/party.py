@@ -49,7 +49,7 @@ from mpc_agg.spec import RoundSpec
 from mpc_agg.store import ReportWriter, RoundStore, StoredReport
 from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MAX_META_BYTES, UPLOAD_WINDOW, Message, MsgType, require
+from mpc_agg.wire import MAX_META_BYTES, MAX_PAYLOADS, UPLOAD_WINDOW, Message, MsgType, require
 
 __all__ = ["Party"]
 
@@ -458,7 +458,9 @@ class Party(Service):
         share = held.share.numpy()
         meta = {"round": r, "party": self.id, "cohort": cohort, "clients": clients,
                 "rejected": sorted(st.reports[h] for h in rejected)}
-        return MsgType.SUM_SHARE, meta, [share.data]
+        # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
+        step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
+        return MsgType.SUM_SHARE, meta, [share[i:i + step].data for i in range(0, share.size, step)]
 
     def _replicated(self, st: _Round, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
         """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
