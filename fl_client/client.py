@@ -31,7 +31,6 @@ from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 __all__ = ["SecureAggClient", "flatten_update"]
 
 
-
 def _to_numpy(v: Any) -> np.ndarray:
     if hasattr(v, "detach"):
         v = v.detach().cpu().double().numpy()
