@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import time
 
 import numpy as np
 import psutil
@@ -114,6 +115,18 @@ def _zmtp_greeting(mechanism: bytes) -> bytes:
     return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
 
 
+def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection, waiting (bounded) for a process that is still starting to bind its port."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_raw_tcp_junk_at_every_endpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Bytes that are not even ZMTP, or ZMTP without the CURVE handshake, at every party's client and peer
     endpoints and at the dealer: the connection is dropped, every process stays up, the next round works."""
@@ -132,7 +145,7 @@ def test_raw_tcp_junk_at_every_endpoint(tmp_path) -> None:  # type: ignore[no-un
             for ep in endpoints:
                 host, port = ep.removeprefix("tcp://").rsplit(":", 1)
                 for junk in junks:
-                    with socket.create_connection((host, int(port)), timeout=10) as s:
+                    with _connect(host, int(port), timeout_s=60) as s:
                         try:
                             s.sendall(junk)
                             s.shutdown(socket.SHUT_WR)
