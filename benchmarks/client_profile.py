@@ -33,7 +33,7 @@ from mpc_agg.transport import SecureContext
 from parties.coordinator import Coordinator
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, _positive, check_repo
+from .overhead import NAME, positive_int, check_repo
 
 __all__ = ["profile_submits", "main"]
 
@@ -122,9 +122,9 @@ def profile_submits(dim: int, parties: int, submits: int, workdir: Path) -> dict
 def main(argv: list[str] | None = None) -> int:
     check_repo("benchmarks.client_profile")
     p = argparse.ArgumentParser(prog="python -m benchmarks.client_profile", description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=_positive, default=1_000_000)
+    p.add_argument("--dim", type=positive_int, default=1_000_000)
     p.add_argument("--parties", type=int, choices=range(2, 11), default=3, metavar="K")
-    p.add_argument("--submits", type=_positive, default=8)
+    p.add_argument("--submits", type=positive_int, default=8)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-profile-") as tmp:

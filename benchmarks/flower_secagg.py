@@ -269,7 +269,7 @@ def print_report(rep: dict[str, Any]) -> None:
     print("max |aggregate - mean|: " + ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_error"].items()))
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
@@ -285,9 +285,9 @@ def _write(path: Path | None, rep: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=_positive, default=10)
-    p.add_argument("--dim", type=_positive, default=1_000_000, help="float32 values per client")
-    p.add_argument("--repeat", type=_positive, default=5, help="timed rounds of each kind (after 1 warm-up)")
+    p.add_argument("--clients", type=positive_int, default=10)
+    p.add_argument("--dim", type=positive_int, default=1_000_000, help="float32 values per client")
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed rounds of each kind (after 1 warm-up)")
     p.add_argument("--num-shares", type=int, default=3, help="SecAgg+ neighbourhood size (Flower: > 2)")
     p.add_argument("--threshold", type=int, default=2, help="SecAgg+ reconstruction threshold (< num-shares)")
     p.add_argument("--timeout", type=float, default=300.0, help="bound on every wait, in seconds")

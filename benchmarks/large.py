@@ -37,7 +37,7 @@ from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 from parties.coordinator import Coordinator
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, _mib, _positive, check_repo, party_rss, print_log_tails
+from .overhead import NAME, mib, positive_int, check_repo, party_rss, print_log_tails
 
 __all__ = ["run_large", "main"]
 
@@ -97,14 +97,15 @@ def print_report(rep: dict[str, Any]) -> None:
           f"{'PASSED' if rep['ok'] else 'FAILED'} (max |error| {rep['max_abs_error']:.2e} <= {rep['tolerance']:.1e})")
     print(f"  submit per client: median {rep['submit_median_s']:.1f} s "
           f"({rep['leader_share_mb_per_s']:.0f} MB/s of leader share); close {rep['close_s']:.1f} s")
-    print(f"  party peak RSS: {', '.join(_mib(b) for b in rep['party_peak_rss_bytes'])} "
-          f"(running sum alone: {_mib(rep['sum_bytes'])}); harness {_mib(rep['harness_peak_rss_bytes'])}")
+    print(f"  party peak RSS: {', '.join(mib(b) for b in rep['party_peak_rss_bytes'])} "
+          f"(running sum alone: {mib(rep['sum_bytes'])}); harness {mib(rep['harness_peak_rss_bytes'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    check_repo("benchmarks.large")
     p = argparse.ArgumentParser(prog="python -m benchmarks.large", description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=lambda s: _positive(str(int(float(s)))), default=100_000_000)
-    p.add_argument("--clients", type=_positive, default=4)
+    p.add_argument("--dim", type=lambda s: positive_int(str(int(float(s)))), default=100_000_000)
+    p.add_argument("--clients", type=positive_int, default=4)
     p.add_argument("--parties", type=int, choices=range(2, 11), default=3, metavar="K")
     p.add_argument("--timeout", type=float, default=1800.0, help="bound on every wait, in seconds")
     p.add_argument("--json", type=Path, default=None)
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     return 0 if rep["ok"] else 1
 
-
-check_repo("benchmarks.large")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -46,8 +46,8 @@ from mpc_agg.errors import MpcAggError
 from parties.coordinator import Coordinator, RoundResult
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, _cpu_delta, _mib, _positive, _proc_status_bytes, check_repo, cpu_seconds, party_rss, \
-    print_log_tails
+from .overhead import (NAME, check_repo, cpu_delta, cpu_seconds, mib, party_rss, positive_int, print_log_tails,
+                       proc_status_bytes)
 
 __all__ = ["client_update", "main", "run_load"]
 
@@ -160,7 +160,7 @@ def run_load(clients: int, dim: int, parties: int, workers: int, workdir: Path |
                 close_error = f"{type(exc).__name__}: {exc}"
             close_s = time.perf_counter() - t1
             round_s = time.perf_counter() - t0
-            cpu = _cpu_delta(cpu0, cpu_seconds(procs))
+            cpu = cpu_delta(cpu0, cpu_seconds(procs))
             rss = party_rss(ld)
     except BaseException:
         print_log_tails(ld.log_dir)
@@ -190,7 +190,7 @@ def run_load(clients: int, dim: int, parties: int, workers: int, workdir: Path |
         "total_s": time.perf_counter() - t_start,
         "party_peak_rss_bytes": rss["peak"],
         "party_current_rss_bytes": rss["current"],
-        "harness_peak_rss_bytes": _proc_status_bytes(os.getpid(), "VmHWM"),
+        "harness_peak_rss_bytes": proc_status_bytes(os.getpid(), "VmHWM"),
         "cpu_s": cpu,
         "params": {"clients": clients, "dim": dim, "parties": parties, "workers": workers, "timeout_s": timeout_s,
                    "frac_bits": spec.frac_bits, "seed": seed, "dealer": False},
@@ -215,9 +215,9 @@ def print_report(rep: dict[str, Any]) -> None:
     for label, key in (("  submit", "submit_latency_s"), ("  connect + submit + close", "client_session_s")):
         if (lat := rep[key]) is not None:
             print(f"  {label:34s}" + "".join(f"{lat[k]:9.3f}" for k in ("median", "p95", "max")))
-    peaks = ", ".join(f"party {i}{' (leader)' if i == 0 else ''} {_mib(b)}"
+    peaks = ", ".join(f"party {i}{' (leader)' if i == 0 else ''} {mib(b)}"
                       for i, b in enumerate(rep["party_peak_rss_bytes"]))
-    print(f"  party peak RSS: {peaks}; harness (clients + coordinator) {_mib(rep['harness_peak_rss_bytes'])}")
+    print(f"  party peak RSS: {peaks}; harness (clients + coordinator) {mib(rep['harness_peak_rss_bytes'])}")
     print("  CPU s, open to close: " + ", ".join(f"{k} {v:.1f}" for k, v in rep["cpu_s"].items()))
     for f in rep["failures"][:10]:
         print(f"  FAILED {f['client']}: {f['error']}")
@@ -253,10 +253,10 @@ def _seconds(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=_positive, default=1000)
-    p.add_argument("--dim", type=_positive, default=10_000, help="values per update")
+    p.add_argument("--clients", type=positive_int, default=1000)
+    p.add_argument("--dim", type=positive_int, default=10_000, help="values per update")
     p.add_argument("--parties", type=_parties, default=3)
-    p.add_argument("--workers", type=_positive, default=16, help="client threads submitting at once")
+    p.add_argument("--workers", type=positive_int, default=16, help="client threads submitting at once")
     p.add_argument("--timeout", type=_seconds, default=600.0,
                    help="bound on every wait (parties up, all submits, close), in seconds")
     p.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.overhead import _run_concurrently, check_repo, stats
+from benchmarks.overhead import run_concurrently, check_repo, stats
 from fl_client import SecureAggClient
 from parties import Coordinator
 from parties.launcher import LocalDeployment
@@ -62,7 +62,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
                     t0 = time.perf_counter()
                     coord.open_round(rid, shapes={"w": (dim,)}, min_clients=min(3, clients), clip_norm=1.0,
                                      verify_norm=kind == "verified", timeout_s=timeout_s)
-                    _run_concurrently(pool, [lambda c=c, u=u: c.submit(rid, {"w": u}) for c, u in zip(cls, updates)],
+                    run_concurrently(pool, [lambda c=c, u=u: c.submit(rid, {"w": u}) for c, u in zip(cls, updates)],
                                       timeout_s)
                     res = coord.close_round(rid, timeout_s=timeout_s)
                     took = time.perf_counter() - t0

@@ -29,9 +29,10 @@ Plaintext clients upload float64 (8·d bytes, weight in the metadata).  Upload
 bytes are the message bytes (16-byte header, JSON metadata, payloads) client-0
 handed to its sockets in one secure round (``SecureAggClient.bytes_sent``: its
 GET_SPEC to each party, the seeds, the leader's REPORT_BEGIN and chunks); they
-exclude ZMTP framing and CURVE boxes (about 40 bytes per frame) and TCP/IP headers.  Stage times are what can be seen from outside the
-parties: open, uploads (all clients), one client's submit, close, and the
-parties' own agreement time within close, read from their ``event=reveal`` logs,
+exclude ZMTP framing and CURVE boxes (about 40 bytes per frame) and TCP/IP
+headers.  Stage times are what can be seen from outside the parties: open,
+uploads (all clients), one client's submit, close, and the parties' own
+agreement time within close, read from their ``event=reveal`` logs,
 and the CPU seconds (user + system, via psutil) each process used per round:
 on a small machine, CPU is what the processes compete for.  "Client send" is
 one submit minus encode+share timed alone, so it also holds the slowdown of
@@ -72,7 +73,9 @@ from parties.launcher import LocalDeployment
 
 from .plain_server import PlainClient, PlainCoordinator
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "run_main", "run_rss", "make_updates", "secure_round", "plain_round", "check_repo",
+           "party_rss", "cpu_seconds", "cpu_delta", "proc_status_bytes", "run_concurrently", "stats", "mib",
+           "positive_int", "print_log_tails"]
 
 NAME = "w"
 """The one tensor of every benchmark round, of shape (dim,)."""
@@ -116,7 +119,7 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _run_concurrently(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], object]],
+def run_concurrently(pool: ThreadPoolExecutor, calls: Sequence[Callable[[], object]],
                       timeout_s: float) -> tuple[float, tuple[float, ...]]:
     """Run ``calls`` on ``pool`` at once: (wall seconds, each call's seconds); errors re-raised."""
     t0 = time.perf_counter()
@@ -136,7 +139,7 @@ def secure_round(coord: Coordinator, clients: Sequence[SecureAggClient], pool: T
     coord.open_round(round_id, shapes={NAME: (updates.shape[1],)}, min_clients=min_clients, timeout_s=timeout_s)
     t1 = time.perf_counter()
     calls = [lambda c=c, u=u: c.submit(round_id, {NAME: u}) for c, u in zip(clients, updates)]
-    uploads_s, submit_s = _run_concurrently(pool, calls, timeout_s)
+    uploads_s, submit_s = run_concurrently(pool, calls, timeout_s)
     t2 = time.perf_counter()
     result = coord.close_round(round_id, timeout_s=timeout_s)
     t3 = time.perf_counter()
@@ -151,7 +154,7 @@ def plain_round(coord: PlainCoordinator, clients: Sequence[PlainClient], pool: T
     coord.open_round(round_id, updates.shape[1], timeout_s=timeout_s)
     t1 = time.perf_counter()
     calls = [lambda c=c, u=u: c.submit(round_id, u) for c, u in zip(clients, updates)]
-    uploads_s, submit_s = _run_concurrently(pool, calls, timeout_s)
+    uploads_s, submit_s = run_concurrently(pool, calls, timeout_s)
     t2 = time.perf_counter()
     average, weight = coord.close_round(round_id, timeout_s=timeout_s)
     t3 = time.perf_counter()
@@ -188,7 +191,7 @@ def plaintext_upload_bytes(round_id: int, update: npt.NDArray[np.float64]) -> in
     return sum(memoryview(f).nbytes for f in encode_message(MsgType.REPORT, meta, [update.data]))
 
 
-def _proc_status_bytes(pid: int, key: str) -> int:
+def proc_status_bytes(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             value, unit = line.split()[1:3]
@@ -201,8 +204,8 @@ def _proc_status_bytes(pid: int, key: str) -> int:
 def party_rss(ld: LocalDeployment) -> dict[str, list[int]]:
     """Each party process's peak (VmHWM) and current (VmRSS) resident set, in bytes, by party id."""
     pids = [ld.procs[f"party-{p.id}"].pid for p in ld.deployment.parties]
-    return {"peak": [_proc_status_bytes(pid, "VmHWM") for pid in pids],
-            "current": [_proc_status_bytes(pid, "VmRSS") for pid in pids]}
+    return {"peak": [proc_status_bytes(pid, "VmHWM") for pid in pids],
+            "current": [proc_status_bytes(pid, "VmRSS") for pid in pids]}
 
 
 def cpu_seconds(procs: Mapping[str, psutil.Process]) -> dict[str, float]:
@@ -214,7 +217,7 @@ def cpu_seconds(procs: Mapping[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
-def _cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {name: after[name] - before[name] for name in before}
 
 
@@ -323,8 +326,8 @@ def run_main(workdir: Path, updates: npt.NDArray[np.float64], parties: int, repe
                 c1 = cpu_seconds(procs)
                 pt, average, weight = plain_round(pcoord, pclients, pool, r, updates, timeout_s)
                 c2 = cpu_seconds(procs)
-                cpu["secure"].append(_cpu_delta(c0, c1))
-                cpu["plaintext"].append(_cpu_delta(c1, c2))
+                cpu["secure"].append(cpu_delta(c0, c1))
+                cpu["plaintext"].append(cpu_delta(c1, c2))
                 errors["secure"] = max(errors["secure"], check_average(
                     "secure", result.average[NAME].numpy(), result.total_weight, expected, n, tolerance))
                 errors["plaintext"] = max(errors["plaintext"], check_average(
@@ -446,7 +449,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
 
 # --- report ----------------------------------------------------------------------------------
 
-def _mib(b: float) -> str:
+def mib(b: float) -> str:
     return f"{b / 2**20:,.1f} MiB"
 
 
@@ -484,19 +487,19 @@ def print_report(rep: dict[str, Any]) -> None:
     up, d = rep["upload_bytes_per_client"], p["dim"]
     print(f"upload per client: secure {up:,} B = 8·d + {up - 8 * d:,} B (every message to every party); "
           f"plaintext {rep['plaintext_upload_bytes_per_client']:,} B")
-    by_party = ", ".join(_mib(b) for b in rep["party_peak_rss_by_party"])
+    by_party = ", ".join(mib(b) for b in rep["party_peak_rss_by_party"])
     print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): "
-          f"max {_mib(rep['party_peak_rss_bytes'])} (by party: {by_party})")
+          f"max {mib(rep['party_peak_rss_bytes'])} (by party: {by_party})")
     for n, d in rep["rss_detail_by_clients"].items():
-        print(f"party peak RSS, fresh deployment, 1 round, n={n}: max {_mib(max(d['peak']))} "
-              f"(by party: {', '.join(_mib(b) for b in d['peak'])}; idle before: "
-              f"{', '.join(_mib(b) for b in d['idle'])})")
+        print(f"party peak RSS, fresh deployment, 1 round, n={n}: max {mib(max(d['peak']))} "
+              f"(by party: {', '.join(mib(b) for b in d['peak'])}; idle before: "
+              f"{', '.join(mib(b) for b in d['idle'])})")
     err = rep["max_abs_error"]
     print(f"max |average - numpy mean|: secure {err['secure']:.2e} (<= 2^-{p['frac_bits']}), "
           f"plaintext {err['plaintext']:.2e}")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
@@ -504,15 +507,15 @@ def _positive(text: str) -> int:
 
 
 def _client_counts(text: str) -> list[int]:
-    return [_positive(t) for t in text.split(",") if t.strip()]
+    return [positive_int(t) for t in text.split(",") if t.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=_positive, default=10)
-    p.add_argument("--dim", type=_positive, default=1_000_000, help="values per update")
+    p.add_argument("--clients", type=positive_int, default=10)
+    p.add_argument("--dim", type=positive_int, default=1_000_000, help="values per update")
     p.add_argument("--parties", type=int, default=3)
-    p.add_argument("--repeat", type=_positive, default=5, help="timed rounds of each kind")
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed rounds of each kind")
     p.add_argument("--rss-clients", type=_client_counts, default=[10, 50],
                    help="comma-separated client counts, each measured on a fresh deployment (default 10,50)")
     p.add_argument("--timeout", type=float, default=300.0, help="bound on every wait, in seconds")

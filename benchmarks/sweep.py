@@ -41,7 +41,7 @@ from typing import Any
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 
 from .load import _parties, _seconds
-from .overhead import _mib, _positive, check_repo, make_updates, run_main, run_rss, stats
+from .overhead import mib, positive_int, check_repo, make_updates, run_main, run_rss, stats
 
 __all__ = ["main", "plot", "sweep"]
 
@@ -112,8 +112,8 @@ def sweep(grids: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             t0 = time.perf_counter()
             rp = rss_point(Path(tmp) / f"rss-{n}", n, d, k, timeout_s)
             rss.append(rp)
-            print(f"[{i}/{total}] RSS n={n} d={d:,} k={k}: leader {_mib(rp['leader_peak_bytes'])}, helpers "
-                  f"{', '.join(_mib(b) for b in rp['helpers_peak_bytes'])} ({time.perf_counter() - t0:.1f} s)",
+            print(f"[{i}/{total}] RSS n={n} d={d:,} k={k}: leader {mib(rp['leader_peak_bytes'])}, helpers "
+                  f"{', '.join(mib(b) for b in rp['helpers_peak_bytes'])} ({time.perf_counter() - t0:.1f} s)",
                   flush=True)
     return {
         "time": {param: [done[key] for key in keys] for param, keys in wanted.items()},
@@ -207,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parties", type=_party_counts, help="k grid (default 2,3,5)")
     p.add_argument("--rss-clients", type=_counts, help="n grid of the memory runs (default 2,5,10,20,50)")
     p.add_argument("--rss-dim", type=_count, help="d of the memory runs (default 1e7)")
-    p.add_argument("--fixed-clients", type=_positive, help="n held fixed in the d and k grids (default 10)")
+    p.add_argument("--fixed-clients", type=positive_int, help="n held fixed in the d and k grids (default 10)")
     p.add_argument("--fixed-dim", type=_count, help="d held fixed in the n and k grids (default 1e6)")
     p.add_argument("--fixed-parties", type=_parties,
                    help="k held fixed in the n and d grids and the memory runs (default 3)")
-    p.add_argument("--repeat", type=_positive, help="timed rounds of each kind per point (default 3)")
+    p.add_argument("--repeat", type=positive_int, help="timed rounds of each kind per point (default 3)")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test grid (see the module docstring)")
     p.add_argument("--timeout", type=_seconds, default=300.0, help="bound on every wait, in seconds")
     p.add_argument("--json", type=Path, default=Path("bench-out/sweep.json"))

@@ -33,3 +33,18 @@ def test_overhead_smoke(tmp_path: Path) -> None:
     assert res["secure_round_s"] > 0 and res["plaintext_round_s"] > 0
     assert res["upload_bytes_per_client"] >= 8 * 1001  # one int64 share vector of d + 1 values
     assert res["params"]["dim"] == 1000 and res["party_peak_rss_bytes"] > 0
+
+
+def test_large_and_client_profile_smoke(tmp_path: Path) -> None:
+    """The 1e8 script's path (chunked uploads, checked average) and the per-stage client profile, tiny."""
+    large, prof = tmp_path / "large.json", tmp_path / "prof.json"
+    for args in (["benchmarks.large", "--dim", "3000", "--clients", "2", "--json", str(large)],
+                 ["benchmarks.client_profile", "--dim", "3000", "--submits", "2", "--json", str(prof)]):
+        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=80)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rep = json.loads(large.read_text())
+    assert rep["ok"] and rep["max_abs_error"] <= rep["tolerance"] and len(rep["submit_s"]) == 2
+    assert len(rep["party_peak_rss_bytes"]) == 3 and rep["sum_bytes"] == 8 * 3001
+    rep = json.loads(prof.read_text())
+    assert rep["client_thread_cpu_ms"] > 0 and set(rep["stages_ms"]) == {"fetch_spec", "encode", "leader_share"}
+    assert rep["process_cpu_ms"] >= rep["client_thread_cpu_ms"]
