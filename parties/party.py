@@ -334,10 +334,7 @@ class Party(Service):
             return
         self.upload = None
         if not up.st.revealed:  # (after a reveal the sum has left and nothing is held)
-            partial = up.writer.material()
-            for pos, block in self.store.iter_material(up.st.dir, partial):
-                view = up.st.total[pos // 8: pos // 8 + len(block) // 8]
-                np.subtract(view, np.frombuffer(block, dtype="<i8"), out=view)
+            self._apply_stored(up.st, up.writer.material(), subtract=True)
         up.writer.abort()
         event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
               report=up.report, received=up.next, reason=why)
