@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mpc_agg.errors import ConfigError
 
-__all__ = ["Shards", "load_shards", "SHIPPED_CORPUS"]
+__all__ = ["Shards", "load_shards", "load_topics", "SHIPPED_CORPUS"]
 
 SHIPPED_CORPUS = Path(__file__).with_name("data") / "corpus"
 
@@ -45,6 +45,31 @@ def _read_entry(path: Path) -> list[str]:
     return paras
 
 
+def _entries(data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    root = SHIPPED_CORPUS if data_dir is None else Path(data_dir)
+    if not root.is_dir():
+        raise ConfigError(f"data directory {root} does not exist")
+    entries = sorted(p for p in root.iterdir() if p.is_dir() or p.suffix == ".txt")
+    if not entries:
+        raise ConfigError(f"{root} holds no .txt files or sub-folders (one per client)")
+    return entries
+
+
+def load_topics(data_dir: str | os.PathLike[str] | None = None, *, eval_fraction: float = 0.1
+                ) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Every entry (topic) as (name, training paragraphs, held-out paragraphs: its last ``eval_fraction``)."""
+    if not 0 < eval_fraction < 1:
+        raise ConfigError("eval_fraction must be in (0, 1)")
+    out = []
+    for entry in _entries(data_dir):
+        paras = _read_entry(entry)
+        n_eval = max(1, int(len(paras) * eval_fraction))
+        if len(paras) - n_eval < 1:
+            raise ConfigError(f"{entry} has too little text (needs at least two paragraphs)")
+        out.append((entry.name, tuple(paras[:-n_eval]), tuple(paras[-n_eval:])))
+    return out
+
+
 def load_shards(clients: int, data_dir: str | os.PathLike[str] | None = None, *,
                 eval_fraction: float = 0.1) -> Shards:
     """Split text into ``clients`` training shards plus a held-out evaluation split."""
@@ -52,14 +77,9 @@ def load_shards(clients: int, data_dir: str | os.PathLike[str] | None = None, *,
         raise ConfigError("at least one client is needed")
     if not 0 < eval_fraction < 1:
         raise ConfigError("eval_fraction must be in (0, 1)")
-    root = SHIPPED_CORPUS if data_dir is None else Path(data_dir)
-    if not root.is_dir():
-        raise ConfigError(f"data directory {root} does not exist")
-    entries = sorted(p for p in root.iterdir() if p.is_dir() or p.suffix == ".txt")
-    if not entries:
-        raise ConfigError(f"{root} holds no .txt files or sub-folders (one per client)")
+    entries = _entries(data_dir)
     if data_dir is not None and len(entries) != clients:
-        raise ConfigError(f"{root} has {len(entries)} client entries (sub-folders or .txt files) "
+        raise ConfigError(f"{data_dir} has {len(entries)} client entries (sub-folders or .txt files) "
                           f"but {clients} clients were asked for")
     # topics (or user entries) are assigned round-robin; a topic shared by several clients is split between them
     per_topic: dict[int, list[int]] = {}

@@ -53,8 +53,10 @@ def load_tokenizer(kind: str = "auto") -> Any:
     return ByT5Tokenizer()
 
 
-def build_model(model_path: str | os.PathLike[str] | None, vocab_size: int, *, seed: int = 0) -> Any:
-    """Load ``model_path`` (a save_pretrained directory) or build the tiny DeepSeek model."""
+def build_model(model_path: str | os.PathLike[str] | None, vocab_size: int, *, seed: int = 0,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """Load ``model_path`` (a save_pretrained directory) or build the tiny DeepSeek model (its config
+    updated with ``overrides``, e.g. ``{"tie_word_embeddings": False}``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
@@ -72,6 +74,7 @@ def build_model(model_path: str | os.PathLike[str] | None, vocab_size: int, *, s
                               f"smaller than the tokenizer's ({vocab_size})")
         return model
     cfg = {k: v for k, v in json.loads(TINY_CONFIG.read_text()).items() if not k.startswith("_")}
+    cfg.update(overrides or {})
     torch.manual_seed(seed)  # same initial model everywhere; clients receive it from the coordinator anyway
     return DeepseekV3ForCausalLM(DeepseekV3Config(vocab_size=vocab_size, **cfg))
 

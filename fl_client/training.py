@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -40,14 +40,18 @@ class LocalResult:
 
 
 def train_locally(model: Any, data: dict[str, torch.Tensor], *, steps: int, batch_size: int, lr: float,
-                  generator: torch.Generator) -> LocalResult:
-    """``steps`` AdamW steps on random minibatches; returns delta = local - global and the mean loss."""
+                  generator: torch.Generator,
+                  optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> LocalResult:
+    """``steps`` AdamW steps (or ``optimizer(model)``'s) on random minibatches; returns delta = local - global
+    and the mean loss."""
     if steps < 1 or batch_size < 1:
         raise ConfigError("local steps and batch size must be >= 1")
     t0 = time.perf_counter()
     start = trainable_state(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
+    if optimizer is None:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    else:
+        opt = optimizer(model)
     model.train()
     n = data["input_ids"].shape[0]
     losses = []

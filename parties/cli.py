@@ -1,4 +1,4 @@
-"""``mpc-agg`` command line: keygen, party, dealer, status, demo."""
+"""``mpc-agg`` command line: keygen, party, dealer, status, selftest, demo, experiments."""
 
 from __future__ import annotations
 
@@ -65,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--workdir", default="demo-out/run", help="keys, state, checkpoints (default demo-out/run)")
     m.add_argument("--report", default="demo-out/report.json", help="JSON report; the PNG plot goes beside it")
-    for q in (k, a, d, s, t, m):
+    x = sub.add_parser("experiments", help="centralised vs local vs federated (plain, secure, DP): perplexity, "
+                       "unseen data, attacks; offline, on the shipped corpus by default")
+    x.add_argument("--quick", action="store_true", help="one seed, fewer rounds (about 10 min on 2 cores)")
+    x.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the test suite's tiny run
+    x.add_argument("--out", default="experiments-out", help="where to write the JSON, table and plots")
+    x.add_argument("--data", default=None, help="one sub-folder or .txt per topic; the last is the unseen one")
+    x.add_argument("--model", default=None, help="a save_pretrained directory (default: tiny DeepSeek-V3)")
+    x.add_argument("--seeds", type=int, default=None, help="seeds (default 3; 1 with --quick)")
+    for q in (k, a, d, s, t, m, x):
         q.add_argument("-v", "--verbose", action="store_true", help="log every event")
     return p
 
@@ -109,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_selftest(parties=args.parties, clients=args.clients, dim=args.dim, workdir=args.workdir)
         if args.cmd == "demo":
             return _demo(args)
+        if args.cmd == "experiments":
+            from parties.experiments.runner import run_from_args
+
+            return run_from_args(args)
     except MpcAggError as exc:
         print(f"mpc-agg: error: {exc}", file=sys.stderr)
         return 2
