@@ -11,6 +11,7 @@ for evaluation and never trained on.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,14 +56,17 @@ def _entries(data_dir: str | os.PathLike[str] | None) -> list[Path]:
     return entries
 
 
-def load_topics(data_dir: str | os.PathLike[str] | None = None, *, eval_fraction: float = 0.1
-                ) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
-    """Every entry (topic) as (name, training paragraphs, held-out paragraphs: its last ``eval_fraction``)."""
+def load_topics(data_dir: str | os.PathLike[str] | None = None, *, eval_fraction: float = 0.1,
+                shuffle_seed: int | None = None) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Every entry (topic) as (name, training paragraphs, held-out paragraphs: its last ``eval_fraction``,
+    after a seeded shuffle if ``shuffle_seed`` is given, so that both parts are drawn alike)."""
     if not 0 < eval_fraction < 1:
         raise ConfigError("eval_fraction must be in (0, 1)")
     out = []
     for entry in _entries(data_dir):
         paras = _read_entry(entry)
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(paras)
         n_eval = max(1, int(len(paras) * eval_fraction))
         if len(paras) - n_eval < 1:
             raise ConfigError(f"{entry} has too little text (needs at least two paragraphs)")

@@ -30,7 +30,7 @@ from mpc_agg.errors import ConfigError, MpcAggError
 from .coordinator import Coordinator
 from .launcher import LocalDeployment
 
-__all__ = ["FedConfig", "run_federated", "ServerOptimizer"]
+__all__ = ["FedConfig", "run_federated", "ServerOptimizer", "dp_noise_ratio"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ class ServerOptimizer:
         return out
 
 
+def dp_noise_ratio(noise_multiplier: float, dim: int, clients: int) -> float:
+    """Norm of the DP noise on the averaged update over the largest signal it can carry (C, the clip norm):
+    the noise on the sum has std z·C per coordinate, so z·C·sqrt(d)/n on the average of n clients."""
+    return noise_multiplier * math.sqrt(dim) / clients
+
+
 def _plot(initial_ppl: float, rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -160,6 +166,12 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
     say(f"model: {type(base).__name__}, {sum(p.numel() for p in base.parameters()):,} parameters, "
         f"{dim:,} trainable{' (LoRA)' if cfg.lora else ''}; tokenizer vocab {len(tok):,}; "
         f"clients' data: {', '.join(shards.sources)}")
+    ratio = dp_noise_ratio(cfg.noise_multiplier, dim, cfg.clients)
+    if ratio > math.sqrt(cfg.rounds):  # signal adds up over rounds (×R), independent noise only by √R
+        say(f"warning: the DP noise will swamp the updates: on the average of {cfg.clients} clients it has norm "
+            f"z·C·sqrt(d)/n = {ratio:,.1f}·C per round against at most C of signal, more than sqrt(rounds) times "
+            "that; train far fewer parameters, use many more clients or less noise (README.md, 'What the "
+            "experiments show', has a setting that learns)")
     ctx = mp.get_context("spawn")
     server = ServerOptimizer(cfg.server_opt, cfg.server_lr)
     loss0, ppl0 = evaluate(model, eval_data)

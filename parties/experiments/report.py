@@ -47,8 +47,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     head = ["setting", "seeds"] + [c[1] for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     init = report["initial"]
-    lines.append(f"| initial model | — | {init['ppl_seen']:,.0f} | {init['ppl_unseen']:,.0f} |"
-                 + " — |" * (len(COLUMNS) - 2))
+    lines.append("| initial model | — | " + " | ".join(_cell([init.get(key)], fmt) for key, _, fmt in COLUMNS) + " |")
     for label, rows in group_rows(report["rows"]).items():
         cells = [_cell([r.get(key) for r in rows], fmt) for key, _, fmt in COLUMNS]
         lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")

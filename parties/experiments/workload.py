@@ -1,7 +1,7 @@
 """The data, models and per-example losses shared by every setting of ``mpc-agg experiments``.
 
-Topics come from ``fl_client.corpus.load_topics``: every entry but the last is one client (its last
-``eval_fraction`` of paragraphs held out), the last entry is the unseen topic (all of it is evaluation data).
+Topics come from ``fl_client.corpus.load_topics``: every entry but the last is one client (a seeded random
+``eval_fraction`` of its paragraphs held out), the last entry is the unseen topic (all of it is evaluation data).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _embedding(model: Any) -> tuple[str, bool]:
 def prepare(*, data: str | None, model: str | None, tokenizer: str, max_length: int,
             eval_fraction: float) -> Workload:
     """Load the topics, tokenise them and build the starting model (untied embeddings when it is ours)."""
-    topics = load_topics(data, eval_fraction=eval_fraction)
+    # shuffled before the split, so members and non-members of the membership attacks are drawn alike
+    topics = load_topics(data, eval_fraction=eval_fraction, shuffle_seed=0)
     if len(topics) < 3:
         raise ConfigError(f"experiments need at least 3 topics (2 clients and 1 unseen), found {len(topics)}")
     tok = load_tokenizer(tokenizer)
