@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
@@ -28,13 +29,39 @@ from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
-__all__ = ["SecureAggClient", "flatten_update"]
+__all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
+
+_TORCH_INTS = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
 
 
-def _to_numpy(v: Any) -> np.ndarray:
+def _to_numpy(name: str, v: Any) -> np.ndarray:
+    """A real-valued float64 array, or EncodingError (strings, objects, complex and booleans are refused)."""
     if hasattr(v, "detach"):
-        v = v.detach().cpu().double().numpy()
-    return np.asarray(v, dtype=np.float64)
+        v = v.detach().cpu()
+        if v.is_complex() or not (v.is_floating_point() or v.dtype in _TORCH_INTS):
+            raise EncodingError(f"{name!r} has dtype {v.dtype}: updates must be real numbers")
+        return v.double().numpy()
+    try:
+        arr = np.asarray(v)
+    except (ValueError, TypeError) as exc:  # e.g. ragged nested lists
+        raise EncodingError(f"{name!r} is not an array of numbers: {exc}") from None
+    if arr.dtype.kind not in "iuf":
+        raise EncodingError(f"{name!r} has dtype {arr.dtype}: updates must be real numbers")
+    return arr.astype(np.float64, copy=False)
+
+
+def clip_to_norm(x: np.ndarray, clip_norm: float) -> np.ndarray:
+    """``x`` scaled down to L2 norm ``clip_norm`` if it is longer (x itself otherwise).
+
+    The norm is taken of ``x / max|x|``, so it cannot overflow: an update of 1e200 is
+    clipped like one of 1.0, never turned into zeros."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    rel = float(np.linalg.norm(x / peak))  # in [1, sqrt(d)]: ||x|| = peak * rel
+    if rel <= clip_norm / peak:
+        return x
+    return (x / peak) * (clip_norm / rel)
 
 
 def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
@@ -45,7 +72,7 @@ def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
         raise EncodingError(f"update does not match round {spec.round_id}: missing {missing}, unexpected {extra}")
     parts = []
     for name, shape in spec.shapes:
-        arr = _to_numpy(update[name])
+        arr = _to_numpy(name, update[name])
         if tuple(arr.shape) != shape:
             raise EncodingError(f"{name!r} has shape {tuple(arr.shape)}, the round expects {shape}")
         parts.append(arr.reshape(-1))
@@ -129,6 +156,8 @@ class SecureAggClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
         spec = self.fetch_spec(round_id)
+        if spec.max_weight is not None and weight > spec.max_weight:
+            raise ConfigError(f"weight {weight} exceeds round {round_id}'s max_weight {spec.max_weight}")
         if spec.verify_norm and weight != 1.0:
             raise ConfigError("rounds with verify_norm need weight=1.0 (the parties check it)")
         event = self._check_privacy(spec, weight)
@@ -136,19 +165,31 @@ class SecureAggClient:
         if not np.all(np.isfinite(x)):
             raise EncodingError("update contains NaN or infinite values")
         if clip and spec.clip_norm is not None:
-            norm = float(np.linalg.norm(x))
-            if norm > spec.clip_norm:
-                x = x * (spec.clip_norm / norm)
+            x = clip_to_norm(x, spec.clip_norm)
         if event is None:
             ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
             encode(x, spec.frac_bits, scale=weight, out=ring[:-1])
             encode([weight], spec.frac_bits, out=ring[-1:])
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
+        report = self.upload_encoded(spec, ring)
+        if event is not None:
+            self.ledger.record(round_id, event)
+        return report
+
+    def upload_encoded(self, spec: RoundSpec, ring: np.ndarray) -> str:
+        """Share and upload an already encoded ring vector (``spec.dim`` values, then the weight
+        coordinate), with no check of its contents; returns the report id (hex).
+
+        This is what :meth:`submit` does after clipping and encoding, and what a malicious
+        client can always do: the parties' own checks (SECURITY.md) must not rely on the client's.
+        ``ring`` is overwritten (the leader's share is computed in place)."""
+        if ring.dtype != np.int64 or ring.shape != (spec.dim + 1,):
+            raise EncodingError(f"an encoded report is an int64 vector of {spec.dim + 1} values")
         report_id = os.urandom(16)
-        ctx = ShareContext(round_id, self.client_id, report_id)
+        ctx = ShareContext(spec.round_id, self.client_id, report_id)
         seeds = new_seeds(len(self._req))
-        meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
+        meta = {"round": spec.round_id, "client": self.client_id, "report_id": report_id.hex(),
                 "spec_digest": spec.digest()}
         deadline = time.monotonic() + self.timeout_s
         # helpers first (tiny seeds), then the leader's share in chunks
@@ -156,8 +197,6 @@ class SecureAggClient:
         self._upload_leader(meta, ring, seeds, ctx, deadline)
         for i, r, rid in rids:
             r.wait(rid, deadline, f"party {i}")
-        if event is not None:
-            self.ledger.record(round_id, event)
         return report_id.hex()
 
     def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,

@@ -30,7 +30,7 @@ import zmq
 from .errors import AggregationTimeout, CommunicatorError, WireError
 from .sharing import SEED_BYTES, ShareContext, expand_seed
 from .transport import Requester, SecureContext, recv_authenticated
-from .wire import MsgType, encode_message
+from .wire import MsgType, encode_message, loads_bounded
 
 __all__ = [
     "import_crypten",
@@ -409,16 +409,11 @@ class ZmqCommunicator:
         self._send_raw(dst, {"kind": "obj"}, json.dumps(_obj_encode(obj)).encode())
 
     def recv_obj(self, src: int, group: Any = None) -> Any:
-        import json
-
         self.comm_rounds += 1
         meta, payload = self._recv_raw(src)
         if meta.get("kind") != "obj":
             raise CommunicatorError(f"expected an object from party {src}")
-        try:
-            return _obj_decode(json.loads(bytes(payload)))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WireError(f"bad object payload: {exc}") from None
+        return _obj_decode(loads_bounded(bytes(payload), max_depth=32))  # tagged objects nest twice as deep
 
     def broadcast_obj(self, obj: Any, src: int, group: Any = None) -> Any:
         if self.rank == src:

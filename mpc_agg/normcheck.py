@@ -49,7 +49,7 @@ import torch
 from .dp import rounded_norm_bound
 from .errors import ConfigError
 
-__all__ = ["norm_bound", "verify_norms", "CHUNK_ELEMENTS"]
+__all__ = ["norm_bound", "verify_norms", "check_weights", "CHUNK_ELEMENTS"]
 
 CHUNK_ELEMENTS = 1 << 21
 """Ring elements per MPC batch (reports x coordinates): bounds memory, sets the round count."""
@@ -105,3 +105,21 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     ok = 1 - tests._ltz()
     accepted = ok[0] * ok[1] * ok[2] * ok[3]
     return [bool(v) for v in accepted.reveal().tolist()]
+
+
+def check_weights(weights: np.ndarray, *, bound: int) -> list[bool]:
+    """Accept/reject bits: is each report's shared weight coordinate W_j in [1, bound] (ring units)?
+
+    ``weights`` is this party's int64 share of each W_j.  The two sign tests
+    W_j - 1 >= 0 and bound - W_j >= 0 are one batched CrypTen comparison (dealer
+    tuples, as above); only their product is revealed.  A single ring element
+    compared by its sign cannot wrap: every int64 value outside [1, bound] fails.
+    Must run on every party at once inside an active CrypTen session."""
+    import crypten
+    from crypten.mpc import MPCTensor
+
+    if weights.size == 0:
+        return []
+    w = MPCTensor.from_shares(torch.from_numpy(np.ascontiguousarray(weights, dtype=np.int64)), precision=0)
+    ok = 1 - crypten.stack([w - 1, bound - w])._ltz()
+    return [bool(v) for v in (ok[0] * ok[1]).reveal().tolist()]

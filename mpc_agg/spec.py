@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError, WireError
-from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS
+from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS, max_abs_value
 from .wire import PROTOCOL_VERSION
 
 __all__ = ["RoundSpec"]
@@ -33,6 +33,9 @@ class RoundSpec:
     noise_multiplier: float = 0.0
     frac_bits: int = DEFAULT_FRAC_BITS
     verify_norm: bool = False
+    max_weight: float | None = None
+    """Largest weight a report may carry (None: the largest encodable); the parties drop reports
+    whose weight is not in (0, max_weight] before the reveal (needs the dealer)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
@@ -59,10 +62,19 @@ class RoundSpec:
             raise ConfigError("noise needs clip_norm: the noise scale is noise_multiplier * clip_norm")
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= MAX_FRAC_BITS:
             raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}]")
+        if self.max_weight is not None and not (
+                math.isfinite(self.max_weight) and 0 < self.max_weight < max_abs_value(self.frac_bits)):
+            raise ConfigError(f"max_weight must be in (0, {max_abs_value(self.frac_bits):g}) at frac_bits "
+                              f"{self.frac_bits}")
         if self.verify_norm:
             if self.clip_norm is None:
                 raise ConfigError("verify_norm needs clip_norm")
             self.norm_bound()
+
+    def weight_bound(self) -> int:
+        """The largest weight coordinate (ring units) a report may carry: max_weight * 2**frac_bits."""
+        top = max_abs_value(self.frac_bits) if self.max_weight is None else self.max_weight
+        return int(math.floor(top * 2.0**self.frac_bits))
 
     def norm_bound(self) -> int:
         """Squared-norm bound (ring units) the parties check in verified rounds (mpc_agg.normcheck)."""
@@ -85,6 +97,7 @@ class RoundSpec:
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
         verify_norm: bool = False,
+        max_weight: float | None = None,
     ) -> "RoundSpec":
         try:
             norm = tuple(sorted((str(k), tuple(int(s) for s in v)) for k, v in shapes.items()))
@@ -98,6 +111,7 @@ class RoundSpec:
             noise_multiplier=float(noise_multiplier),
             frac_bits=DEFAULT_FRAC_BITS if frac_bits is None else frac_bits,
             verify_norm=bool(verify_norm),
+            max_weight=None if max_weight is None else float(max_weight),
         )
 
     @property
@@ -114,6 +128,7 @@ class RoundSpec:
             "noise_multiplier": self.noise_multiplier,
             "frac_bits": self.frac_bits,
             "verify_norm": self.verify_norm,
+            "max_weight": self.max_weight,
         }
 
     @classmethod
@@ -129,6 +144,7 @@ class RoundSpec:
                 noise_multiplier=float(obj["noise_multiplier"]),
                 frac_bits=int(obj["frac_bits"]),
                 verify_norm=bool(obj["verify_norm"]),
+                max_weight=None if obj.get("max_weight") is None else float(obj["max_weight"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed round spec: {exc!r}") from None

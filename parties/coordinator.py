@@ -44,7 +44,7 @@ class RoundResult:
     report_ids: tuple[str, ...]
     seconds: float
     rejected: tuple[str, ...] = ()
-    """clients whose reports failed the parties' norm check (verified rounds)"""
+    """clients whose reports failed the parties' MPC checks (norm in verified rounds, else weight)"""
     epsilon: float | None = None
     """epsilon so far (the ledger's composition up to this round) at ``delta``; None when un-noised."""
     delta: float | None = None
@@ -126,14 +126,18 @@ class Coordinator:
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
         verify_norm: bool = False,
+        max_weight: float | None = None,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
         """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting).
 
         ``verify_norm=True`` (needs ``clip_norm`` and a dealer) makes the parties check every
-        report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``)."""
+        report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``); in
+        other rounds the parties drop reports whose weight is not in (0, ``max_weight``] (default: the
+        largest encodable), so the revealed total weight is always positive (both need the dealer)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
-                                noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm)
+                                noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm,
+                                max_weight=max_weight)
         dp_event = _dp_event(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)

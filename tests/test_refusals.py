@@ -136,7 +136,7 @@ def test_report_for_another_round_never_mixes(dep3: LocalDeployment, round_id: i
                 req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0")
             meta = {**meta, "spec_digest": RoundSpec.create(round_id, SHAPES, min_clients=3).digest()}
             assert req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0").meta["chunk"] > 21
-            chunk = {"round": round_id, "report_id": meta["report_id"], "offset": 0}
+            chunk = {"report_id": meta["report_id"], "offset": 0}
             with pytest.raises(WireError):  # wrong payload length for this round
                 req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(5, dtype=np.int64).data], timeout_s=10,
                             what="party 0")
