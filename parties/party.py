@@ -74,7 +74,7 @@ class Party(Service):
 
     chunk_values = 1 << 20  # values per upload chunk (8 MiB; even, for keystream block alignment)
     max_group = 64  # reports acknowledged by one fsync at most
-    client_hwm = 16  # messages libzmq queues per client connection before it stops reading that socket
+    client_hwm = 8  # messages libzmq queues per client connection before it stops reading that socket
 
     def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0,
                  upload_limits: UploadLimits | None = None) -> None:
@@ -450,9 +450,11 @@ class Party(Service):
             rep = st.stored[h]
             if self.is_leader:
                 rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
-            else:
+            else:  # keystream slices start on an AES block (2 values): read from the block's start
                 ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                rows[j] = expand_seed(self.store.read_material(st.dir, rep), ctx, self.id, count, start=start)
+                lead = start % 2
+                rows[j] = expand_seed(self.store.read_material(st.dir, rep), ctx, self.id, count + lead,
+                                      start=start - lead)[lead:]
         return rows
 
 
