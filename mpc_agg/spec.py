@@ -79,12 +79,15 @@ class RoundSpec:
     def norm_bound(self) -> int:
         """Squared-norm bound (ring units) the parties check in verified rounds (mpc_agg.normcheck)."""
         from .normcheck import norm_bound
+        from .wraptest import check_fits
 
         if self.clip_norm is None:
             raise ConfigError("verify_norm needs clip_norm")
         client_var = (self.noise_multiplier * self.clip_norm * 2.0**self.frac_bits) ** 2 / self.min_clients
-        return norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
-                          noise_variance=client_var)
+        bound = norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
+                           noise_variance=client_var)
+        check_fits(bound)  # the wraparound tests must be sound at this bound (mpc_agg.wraptest)
+        return bound
 
     @classmethod
     def create(

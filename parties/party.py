@@ -15,6 +15,8 @@ cohort's sum, held as a CrypTen ArithmeticSharedTensor.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -42,6 +44,7 @@ from mpc_agg.errors import (
     WireError,
 )
 from mpc_agg.logs import event
+from mpc_agg import wraptest
 from mpc_agg.normcheck import check_weights, verify_norms
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
 from mpc_agg.spec import RoundSpec
@@ -363,7 +366,7 @@ class Party(Service):
         if st is None:  # unreachable after the status check; keeps the type narrow
             raise RoundStateError(f"round {r} is not open")
         cohort = self._intersect(st)
-        cohort, rejected = self._screen(st, cohort, dealer=all(int(s[7]) for s in statuses))
+        cohort, rejected = self._screen(st, cohort, session, dealer=all(int(s[7]) for s in statuses))
         floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
         if len(cohort) < floor:
             raise CohortTooSmallError(
@@ -402,14 +405,35 @@ class Party(Service):
             sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
         return sorted(set.intersection(*sets))
 
-    def _screen(self, st: _Round, cohort: list[str], *, dealer: bool) -> tuple[list[str], list[str]]:
+    def _wrap_seed(self, st: _Round, session: str) -> bytes:
+        """The wraparound tests' public seed, drawn now that the reports are fixed, by commit-then-reveal:
+        every party commits to 32 random bytes, then reveals them; a wrong reveal is refused."""
+        mine = os.urandom(32)
+        context = f"{st.spec.round_id}:{session}".encode()
+
+        def commitment(party: int, value: bytes) -> bytes:
+            return hashlib.sha256(b"mpc-agg wraptest commit|" + context + b"|%d|" % party + value).digest()
+
+        def gather(value: bytes) -> list[bytes]:
+            t = torch.from_numpy(np.frombuffer(value, dtype=np.int64).copy())
+            return [g.numpy().tobytes() for g in self.comm.all_gather(t)]
+        commits = gather(commitment(self.id, mine))
+        reveals = gather(mine)
+        for j, (c, v) in enumerate(zip(commits, reveals)):
+            if not hmac.compare_digest(c, commitment(j, v)):
+                raise RefusedError(f"party {j} revealed a projection seed that does not match its commitment")
+        return wraptest.combine_seed(reveals, context)
+
+    def _screen(self, st: _Round, cohort: list[str], session: str, *,
+                dealer: bool) -> tuple[list[str], list[str]]:
         """Split the cohort into (accepted, rejected) by the MPC checks (every party at once):
         verified rounds check norms and weight = 1; others check weights in (0, max_weight]
         when every party has the dealer (SECURITY.md)."""
         if st.spec.verify_norm:
+            seed = self._wrap_seed(st, session)
             ok = verify_norms(lambda start, count: self._share_rows(st, cohort, start, count), len(cohort),
                               st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits,
-                              next_rows=self._replicated(st, cohort) if self.k == 3 else None)
+                              wrap_seed=seed, next_rows=self._replicated(st, cohort) if self.k == 3 else None)
         elif dealer:
             ok = check_weights(self._share_rows(st, cohort, st.spec.dim, 1)[:, 0], bound=st.spec.weight_bound())
         else:

@@ -35,7 +35,7 @@ def _unit(rng: np.random.Generator, norm: float) -> np.ndarray:
 
 def _round(ld: LocalDeployment, rid: int, updates: list[np.ndarray], *, verify: bool, clip: list[bool]):  # type: ignore[no-untyped-def]
     with Coordinator.from_config(ld.config) as coord:
-        coord.open_round(rid, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
+        coord.open_round(rid, shapes={"w": updates[0].shape}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
         for i, (u, c) in enumerate(zip(updates, clip)):
             with SecureAggClient.from_config(ld.config, f"client-{i}") as cl:
                 cl.submit(rid, {"w": u}, clip=c)
@@ -82,3 +82,35 @@ def test_verify_norm_needs_clip_and_fitting_bound() -> None:
     with pytest.raises(ConfigError):  # (C * 2^40)^2 cannot fit the ring
         RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, frac_bits=40, verify_norm=True)
     assert RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, verify_norm=True).norm_bound() >= 2**48
+
+
+def _cheats(dim: int) -> dict[str, np.ndarray]:
+    """Vectors whose squared norm wraps the ring (sum of squares = 0 mod 2**64 at frac_bits 24),
+    or nearly: each would pass the squared-norm test alone (issue 13's attacks and more)."""
+    def vec(**at: float) -> np.ndarray:
+        v = np.zeros(dim)
+        for k, x in at.items():
+            v[int(k[1:])] = x
+        return v
+    many = np.zeros(dim)
+    many[:16_384] = np.where(np.arange(16_384) % 2, 2.0, -2.0)  # 2**14 * (2**25)**2 = 2**64
+    near_t = np.zeros(dim)
+    near_t[:1024] = 8.0  # 2**27 ring units each, about 1.1 T: 2**10 * 2**54 = 2**64
+    mix = np.zeros(dim)
+    mix[:3] = [256.0, 0.3, -0.4]
+    return {"one 2**32": vec(i7=256.0), "four 2**31": vec(i0=128.0, i1=128.0, i2=-128.0, i3=128.0),
+            "16384 of 2**25": many, "1024 near T": near_t, "large plus small": mix}
+
+
+def test_wrapping_cheats_are_rejected(vdep: LocalDeployment, round_id: int) -> None:
+    dim = 20_000
+    rng = np.random.default_rng(round_id)
+    honest = [rng.normal(size=dim) for _ in range(3)]
+    honest = [h / np.linalg.norm(h) * 0.999 * CLIP for h in honest]
+    cheats = _cheats(dim)
+    for r, names in enumerate((list(cheats)[:3], list(cheats)[3:])):
+        ups = [*honest, *(cheats[n] for n in names)]
+        res = _round(vdep, round_id + 100 * r, ups, verify=True, clip=[True] * 3 + [False] * len(names))
+        assert res.rejected == tuple(f"client-{3 + j}" for j in range(len(names))), (names, res.rejected)
+        assert res.clients == ("client-0", "client-1", "client-2")
+        assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
