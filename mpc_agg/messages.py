@@ -74,16 +74,17 @@ def _check(name: str, f: Field, value: Any) -> None:
 
 _RID = Field("str", required=False, max_len=64)
 _ROUND = Field("int")
+_REPORT = {"rid": _RID, "round": _ROUND, "client": Field("str"), "report_id": Field("hex32"),
+           "spec_digest": Field("hex64")}
 _ANY, _CLIENT, _COORD = frozenset({CLIENT, COORDINATOR}), frozenset({CLIENT}), frozenset({COORDINATOR})
 REQUESTS: dict[MsgType, Schema] = {
     MsgType.STATUS: Schema(_ANY, {"rid": _RID}),
     MsgType.GET_SPEC: Schema(_ANY, {"rid": _RID, "round": _ROUND}),
     MsgType.OPEN_ROUND: Schema(_COORD, {"rid": _RID, "spec": Field("object")}),
-    MsgType.REPORT: Schema(_CLIENT, {"rid": _RID, "round": _ROUND, "client": Field("str"), "report_id": Field("hex32"),
-                            "spec_digest": Field("hex64")}, payloads=1),
-    MsgType.REPORT_BEGIN: Schema(_CLIENT, {"rid": _RID, "round": _ROUND, "client": Field("str"), "report_id": Field("hex32"),
-                                  "spec_digest": Field("hex64"), "deadline": Field("number")}),
-    MsgType.REPORT_CHUNK: Schema(_CLIENT, {"rid": _RID, "report_id": Field("hex32"), "offset": Field("int")}, payloads=1),
+    MsgType.REPORT: Schema(_CLIENT, {**_REPORT}, payloads=1),
+    MsgType.REPORT_BEGIN: Schema(_CLIENT, {**_REPORT, "deadline": Field("number")}),
+    MsgType.REPORT_CHUNK: Schema(_CLIENT, {"rid": _RID, "report_id": Field("hex32"), "offset": Field("int")},
+                                 payloads=1),
     MsgType.CLOSE_ROUND: Schema(_COORD, {"rid": _RID, "round": _ROUND, "session": Field("str"), "deadline": Field("number")},
                                 extra_allowed=True),
 }

@@ -15,15 +15,13 @@ cohort's sum, held as a CrypTen ArithmeticSharedTensor.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +30,6 @@ import zmq
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate, import_crypten
 from mpc_agg.errors import (
-    MpcAggError,
     RefusedError,
     AlreadyRevealedError,
     AuthError,
@@ -44,15 +41,14 @@ from mpc_agg.errors import (
     WireError,
 )
 from mpc_agg.logs import event
-from mpc_agg import wraptest
-from mpc_agg.normcheck import check_weights, verify_norms
-from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
+from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
 from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.messages import validate_request
 from mpc_agg.wire import MAX_META_BYTES, MAX_PAYLOADS, Message, MsgType, require
+from parties.cohort import CohortSteps
 from parties.uploads import Upload, UploadLimits, UploadScheduler
 
 __all__ = ["Party"]
@@ -241,8 +237,8 @@ class Party(Service):
         self._schedule()  # free what has expired before judging this one
         now = time.monotonic()
         stated = now + (float(msg.meta["deadline"]) - time.time())
-        up = self.uploads.offer((self._routing_id, self._rid(msg)), st.spec.round_id, client, report_hex, 8 * (st.spec.dim + 1),
-                                client_deadline=stated, now=now)
+        up = self.uploads.offer((self._routing_id, self._rid(msg)), st.spec.round_id, client, report_hex,
+                                8 * (st.spec.dim + 1), client_deadline=stated, now=now)
         if up is None:
             return None  # queued: answered by _schedule
         return self._start(st, up)
@@ -365,8 +361,8 @@ class Party(Service):
             raise SpecMismatchError(f"parties hold different specs for round {r}: refusing to reveal")
         if st is None:  # unreachable after the status check; keeps the type narrow
             raise RoundStateError(f"round {r} is not open")
-        cohort = self._intersect(st)
-        cohort, rejected = self._screen(st, cohort, session, dealer=all(int(s[7]) for s in statuses))
+        peers = CohortSteps(self.comm, self.store, self.id, self.k, st)
+        cohort, rejected = peers.screen(peers.intersect(), session, dealer=all(int(s[7]) for s in statuses))
         floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
         if len(cohort) < floor:
             raise CohortTooSmallError(
@@ -390,96 +386,6 @@ class Party(Service):
         # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
         step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
         return MsgType.SUM_SHARE, meta, [share[i:i + step].data for i in range(0, share.size, step)]
-
-    def _intersect(self, st: _Round) -> list[str]:
-        """The report ids every party holds (sorted): each party's ids, all-gathered as int64 pairs."""
-        mine = sorted(st.reports)
-        ids = torch.from_numpy(np.frombuffer(b"".join(bytes.fromhex(h) for h in mine), dtype=np.int64).copy()
-                               if mine else np.zeros(0, dtype=np.int64))
-        counts = self.comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
-        padded = torch.zeros(2 * max(int(c) for c in counts), dtype=torch.int64)
-        padded[: ids.numel()] = ids
-        sets = []
-        for j, t in enumerate(self.comm.all_gather(padded)):
-            raw = t[: 2 * int(counts[j])].numpy().tobytes()
-            sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
-        return sorted(set.intersection(*sets))
-
-    def _wrap_seed(self, st: _Round, session: str) -> bytes:
-        """The wraparound tests' public seed, drawn now that the reports are fixed, by commit-then-reveal:
-        every party commits to 32 random bytes, then reveals them; a wrong reveal is refused."""
-        mine = os.urandom(32)
-        context = f"{st.spec.round_id}:{session}".encode()
-
-        def commitment(party: int, value: bytes) -> bytes:
-            return hashlib.sha256(b"mpc-agg wraptest commit|" + context + b"|%d|" % party + value).digest()
-
-        def gather(value: bytes) -> list[bytes]:
-            t = torch.from_numpy(np.frombuffer(value, dtype=np.int64).copy())
-            return [g.numpy().tobytes() for g in self.comm.all_gather(t)]
-        commits = gather(commitment(self.id, mine))
-        reveals = gather(mine)
-        for j, (c, v) in enumerate(zip(commits, reveals)):
-            if not hmac.compare_digest(c, commitment(j, v)):
-                raise RefusedError(f"party {j} revealed a projection seed that does not match its commitment")
-        return wraptest.combine_seed(reveals, context)
-
-    def _screen(self, st: _Round, cohort: list[str], session: str, *,
-                dealer: bool) -> tuple[list[str], list[str]]:
-        """Split the cohort into (accepted, rejected) by the MPC checks (every party at once):
-        verified rounds check norms and weight = 1; others check weights in (0, max_weight]
-        when every party has the dealer (SECURITY.md)."""
-        if st.spec.verify_norm:
-            seed = self._wrap_seed(st, session)
-            ok = verify_norms(lambda start, count: self._share_rows(st, cohort, start, count), len(cohort),
-                              st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits,
-                              wrap_seed=seed, next_rows=self._replicated(st, cohort) if self.k == 3 else None)
-        elif dealer:
-            ok = check_weights(self._share_rows(st, cohort, st.spec.dim, 1)[:, 0], bound=st.spec.weight_bound())
-        else:
-            return cohort, []
-        return [h for h, good in zip(cohort, ok) if good], [h for h, good in zip(cohort, ok) if not good]
-
-    def _replicated(self, st: _Round, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
-        """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
-
-        Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
-        to party 2, chunk by chunk.  Each party then holds two of the three shares of every report."""
-        if self.id > 0:  # seeds of the cohort's reports, in cohort order
-            seeds = b"".join(self.store.read_material(st.dir, st.stored[h]) for h in cohort)
-            self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.id - 1)
-        nxt = (self.id + 1) % 3
-        if nxt == 0:
-            def from_leader(start: int, count: int, mine: np.ndarray) -> np.ndarray:
-                return self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
-            return from_leader
-        raw = self.comm.recv(torch.empty(4 * len(cohort), dtype=torch.int64), nxt).numpy().tobytes()
-        peer_seeds = [raw[32 * j:32 * j + 32] for j in range(len(cohort))]
-
-        def from_seeds(start: int, count: int, mine: np.ndarray) -> np.ndarray:
-            if self.id == 0:
-                self.comm.send(torch.from_numpy(mine), 2)
-            rows = np.empty_like(mine)
-            for j, h in enumerate(cohort):
-                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                rows[j] = expand_seed(peer_seeds[j], ctx, nxt, count, start=start)
-            return rows
-        return from_seeds
-
-    def _share_rows(self, st: _Round, reports: list[str], start: int, count: int) -> np.ndarray:
-        """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
-        rows = np.empty((len(reports), count), dtype=np.int64)
-        path = self.store.material_path(st.dir)
-        for j, h in enumerate(reports):
-            rep = st.stored[h]
-            if self.is_leader:
-                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
-            else:  # keystream slices start on an AES block (2 values): read from the block's start
-                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                lead = start % 2
-                rows[j] = expand_seed(self.store.read_material(st.dir, rep), ctx, self.id, count + lead,
-                                      start=start - lead)[lead:]
-        return rows
 
 
 def run_party(config: str | os.PathLike[str], party_id: int) -> int:
