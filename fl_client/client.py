@@ -25,6 +25,7 @@ from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeErr
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
+from mpc_agg.trust import check_client_consent
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
@@ -59,8 +60,12 @@ class SecureAggClient:
 
     Privacy floors are the client's own (keyword arguments, else its
     ``[[clients]]`` entry): ``submit`` refuses a round whose noise multiplier is
-    below ``min_noise_multiplier``, or that would raise this client's own
-    epsilon (at ``delta``, kept in ``ledger_path`` if given) above ``max_epsilon``.
+    below ``min_noise_multiplier``, that would raise this client's own epsilon
+    (at ``delta``, kept in ``ledger_path``, by default the entry's) above
+    ``max_epsilon``, or that fewer than ``min_colluders`` servers could break
+    (default: only all k parties; verify_norm rounds refused, mpc_agg.trust).
+    A round is charged to the ledger once its report may have reached a party,
+    even when an acknowledgement then times out.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class SecureAggClient:
         max_epsilon: float | None = None,
         delta: float | None = None,
         ledger_path: str | os.PathLike[str] | None = None,
+        min_colluders: int | None = None,
     ) -> None:
         cfg = deployment.client(client_id)
         secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
@@ -80,7 +86,9 @@ class SecureAggClient:
         self.timeout_s = timeout_s
         self.min_noise_multiplier = cfg.min_noise_multiplier if min_noise_multiplier is None else min_noise_multiplier
         self.max_epsilon = cfg.max_epsilon if max_epsilon is None else max_epsilon
-        self.ledger = PrivacyLedger.open(ledger_path, delta=cfg.delta if delta is None else delta)
+        self.min_colluders = cfg.min_colluders if min_colluders is None else min_colluders
+        self.ledger = PrivacyLedger.open(cfg.ledger_path if ledger_path is None else ledger_path,
+                                         delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
         self._req = [
@@ -129,6 +137,8 @@ class SecureAggClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
         spec = self.fetch_spec(round_id)
+        check_client_consent(spec, parties=len(self._req), min_colluders=self.min_colluders,
+                             who=f"client {self.client_id}")
         if spec.verify_norm and weight != 1.0:
             raise ConfigError("rounds with verify_norm need weight=1.0 (the parties check it)")
         event = self._check_privacy(spec, weight)
@@ -151,13 +161,14 @@ class SecureAggClient:
         meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
                 "spec_digest": spec.digest()}
         deadline = time.monotonic() + self.timeout_s
-        # helpers first (tiny seeds), then the leader's share in chunks
-        rids = [(i, r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
-        self._upload_leader(meta, ring, seeds, ctx, deadline)
-        for i, r, rid in rids:
-            r.wait(rid, deadline, f"party {i}")
-        if event is not None:
-            self.ledger.record(round_id, event)
+        try:  # helpers first (tiny seeds), then the leader's share in chunks
+            rids = [(i, r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
+            self._upload_leader(meta, ring, seeds, ctx, deadline)
+            for i, r, rid in rids:
+                r.wait(rid, deadline, f"party {i}")
+        finally:  # delivered, or perhaps delivered before a timeout: spent either way (once per round)
+            if event is not None:
+                self.ledger.record(round_id, event)
         return report_id.hex()
 
     def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
@@ -192,11 +203,11 @@ class SecureAggClient:
             return None
         if weight != 1.0:
             raise ConfigError("noised rounds need weight=1.0 (the DP sensitivity is clip_norm per client)")
-        if spec.clip_norm is None:
+        event = SkellamRound.from_spec(spec)
+        if event is None:
             raise ConfigError("noised rounds need clip_norm")
-        event = SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
         if self.max_epsilon is not None:
-            eps = self.ledger.epsilon_with(event)
+            eps = self.ledger.epsilon_with(event, spec.round_id)
             if eps > self.max_epsilon:
                 raise NoiseFloorError(f"round {spec.round_id} would raise this client's epsilon to {eps:.4g} > "
                                       f"{self.max_epsilon} (delta={self.ledger.delta:g})")

@@ -3,6 +3,12 @@
 The spec is canonicalised (sorted tensor names, JSON with sorted keys) and
 hashed with SHA-256; clients compare the hash across all parties before they
 submit, so a coordinator cannot give parties different specs unnoticed.
+
+A spec states what a round's privacy rests on: ``parties`` and ``colluders``
+(mpc_agg.trust: the fewest servers whose coalition recovers an update) and, in
+noised rounds, ``min_honest`` (clients assumed to add their noise; mpc_agg.dp).
+Noised rounds must keep each client's noise in the exact sampler's range
+(mpc_agg.noise); ``frac_bits=None`` picks the finest grid that does.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, WireError
+from . import noise, trust
+from .errors import ConfigError, NoiseRangeError, WireError
 from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS
 from .wire import PROTOCOL_VERSION
 
@@ -33,6 +40,10 @@ class RoundSpec:
     noise_multiplier: float = 0.0
     frac_bits: int = DEFAULT_FRAC_BITS
     verify_norm: bool = False
+    min_honest: int | None = None
+    """clients assumed to add their share of the noise (None: min_clients, resolved on construction)"""
+    parties: int | None = None
+    """k, the number of parties (set by the coordinator; parties and clients check it)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
@@ -59,6 +70,14 @@ class RoundSpec:
             raise ConfigError("noise needs clip_norm: the noise scale is noise_multiplier * clip_norm")
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= MAX_FRAC_BITS:
             raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}]")
+        if self.min_honest is None:
+            object.__setattr__(self, "min_honest", self.min_clients)  # frozen: resolved once, here
+        if not (isinstance(self.min_honest, int) and 1 <= self.min_honest <= self.min_clients):
+            raise ConfigError("min_honest must be an int in [1, min_clients]")
+        if self.parties is not None and not (isinstance(self.parties, int) and self.parties >= 2):
+            raise ConfigError("parties must be an int >= 2")
+        if self.noise_multiplier > 0 and self.clip_norm is not None:
+            noise.check_noise_range(self.noise_multiplier, self.clip_norm, self.frac_bits, self.noise_clients)
         if self.verify_norm:
             if self.clip_norm is None:
                 raise ConfigError("verify_norm needs clip_norm")
@@ -70,7 +89,9 @@ class RoundSpec:
 
         if self.clip_norm is None:
             raise ConfigError("verify_norm needs clip_norm")
-        client_var = (self.noise_multiplier * self.clip_norm * 2.0**self.frac_bits) ** 2 / self.min_clients
+        client_var = noise.client_variance(self.noise_multiplier, self.clip_norm, self.frac_bits, self.noise_clients)
+        if client_var:
+            client_var = 2.0 * noise.poisson_lambda(client_var)  # what the sampler draws (rounded up)
         return norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
                           noise_variance=client_var)
 
@@ -85,7 +106,19 @@ class RoundSpec:
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
         verify_norm: bool = False,
+        min_honest: int | None = None,
+        parties: int | None = None,
     ) -> "RoundSpec":
+        """``frac_bits=None``: DEFAULT_FRAC_BITS, or in noised rounds the largest value that keeps
+        each client's noise in the exact sampler's range (NoiseRangeError if none does)."""
+        if frac_bits is None and noise_multiplier > 0 and clip_norm is not None:
+            honest = min_clients if min_honest is None else min_honest
+            fits = noise.noised_frac_bits(float(noise_multiplier), float(clip_norm), honest, MAX_FRAC_BITS) \
+                if isinstance(honest, int) and honest >= 1 else [DEFAULT_FRAC_BITS]
+            if not fits:
+                raise NoiseRangeError(f"no frac_bits keeps the noise of z={noise_multiplier}, C={clip_norm} "
+                                      "in the exact sampler's range: change noise_multiplier * clip_norm")
+            frac_bits = fits[-1]
         try:
             norm = tuple(sorted((str(k), tuple(int(s) for s in v)) for k, v in shapes.items()))
         except (TypeError, ValueError, AttributeError) as exc:
@@ -98,11 +131,23 @@ class RoundSpec:
             noise_multiplier=float(noise_multiplier),
             frac_bits=DEFAULT_FRAC_BITS if frac_bits is None else frac_bits,
             verify_norm=bool(verify_norm),
+            min_honest=min_honest,
+            parties=parties,
         )
 
     @property
     def dim(self) -> int:
         return sum(math.prod(s) for _, s in self.shapes)
+
+    @property
+    def noise_clients(self) -> int:
+        """How many clients' noise adds up to the target variance (min_honest, resolved)."""
+        return self.min_clients if self.min_honest is None else self.min_honest
+
+    @property
+    def colluders(self) -> int | None:
+        """The fewest servers whose coalition recovers an update (None when ``parties`` is unset)."""
+        return None if self.parties is None else trust.colluders(self.parties, self.verify_norm)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +159,9 @@ class RoundSpec:
             "noise_multiplier": self.noise_multiplier,
             "frac_bits": self.frac_bits,
             "verify_norm": self.verify_norm,
+            "min_honest": self.noise_clients,
+            "parties": self.parties,
+            "colluders": self.colluders,
         }
 
     @classmethod
@@ -121,7 +169,7 @@ class RoundSpec:
         try:
             if obj["version"] != PROTOCOL_VERSION:
                 raise WireError(f"spec version {obj['version']!r} unsupported")
-            return cls(
+            spec = cls(
                 round_id=int(obj["round_id"]),
                 shapes=tuple((str(n), tuple(int(x) for x in s)) for n, s in obj["shapes"]),
                 min_clients=int(obj["min_clients"]),
@@ -129,11 +177,18 @@ class RoundSpec:
                 noise_multiplier=float(obj["noise_multiplier"]),
                 frac_bits=int(obj["frac_bits"]),
                 verify_norm=bool(obj["verify_norm"]),
+                min_honest=int(obj["min_honest"]),
+                parties=None if obj["parties"] is None else int(obj["parties"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed round spec: {exc!r}") from None
+        except NoiseRangeError:
+            raise
         except ConfigError as exc:
             raise WireError(f"invalid round spec: {exc}") from None
+        if obj["colluders"] != spec.colluders:
+            raise WireError(f"round spec states colluders={obj['colluders']!r}, its parameters give {spec.colluders}")
+        return spec
 
     def digest(self) -> str:
         canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
