@@ -41,16 +41,17 @@ def describe(parties: int, verify_norm: bool) -> str:
     return "private unless the dealer colludes with any one party"
 
 
-def _check_statement(spec: "RoundSpec", parties: int, who: str) -> None:
-    if spec.parties != parties:
+def _check_statement(spec: "RoundSpec", parties: int, who: str, *, required: bool = True) -> None:
+    if spec.parties != parties and (required or spec.parties is not None):
         raise TrustError(f"{who}: round {spec.round_id} was made for {spec.parties} parties, the deployment has "
                          f"{parties}")
 
 
 def check_party_consent(spec: "RoundSpec", *, parties: int, allow_verify_norm: bool, has_dealer: bool,
                         who: str = "party") -> None:
-    """A party's checks on OPEN_ROUND: the spec's threat statement is right and the party agreed to it."""
-    _check_statement(spec, parties, who)
+    """A party's checks on OPEN_ROUND: the spec's threat statement (if any: clients insist on one) is right,
+    and the party agreed to what verify_norm does."""
+    _check_statement(spec, parties, who, required=False)
     if spec.verify_norm:
         if not allow_verify_norm:
             raise TrustError(f"{who} refuses verify_norm in round {spec.round_id}: it makes the round "
