@@ -24,7 +24,7 @@ How (README "Differential privacy"):
   ``draw_tv_bound(lambda) = 2^-TAIL_BITS + (entries + 2) * 2^-191 < 2^-170``.
   mpc_agg.dp folds it (times the draws of a round) into delta.
 
-Cost: the table has about 19*sigma_c entries (16 bytes each: 20 MB at sigma_c = 2^16)
+Cost: the table has about 19*sigma_c entries (24 bytes each: 35 MiB at sigma_c = 2^16)
 and is built in ~1 s at the top of the range (cached per lambda); a draw costs a
 sorted binary search (`python -m benchmarks.noise` measures both).
 """
@@ -57,7 +57,7 @@ __all__ = [
 MIN_CLIENT_SIGMA = 2**8
 """Smallest per-client noise std (ring units): the revealed noise's low 8 bits are then uniform."""
 MAX_CLIENT_SIGMA = 2**16
-"""Largest per-client noise std: lambda <= 2^31, a 20 MB table built in about a second."""
+"""Largest per-client noise std: lambda <= 2^31, a 35 MiB table built in about a second."""
 TAIL_BITS = 192
 CDF_BITS = 192
 _CHUNK = 1 << 20
