@@ -26,8 +26,9 @@ Accounting: the RDP of the Skellam mechanism (Agarwal et al. 2021, Theorem
 composed over rounds by addition and converted to (eps, delta) with
 ``dp_accounting.rdp.compute_epsilon``.  The sampler's total-variation distance
 eta from exact noise costs ``(1 + e^eps) * eta`` of delta (if M is (eps, d)-DP and
-M' is within eta of M on every input, M' is (eps, d + (1 + e^eps) * eta)-DP).  Gaussian figures (for comparison and the
-golden test) come from dp_accounting's RDP and PLD accountants.
+M' is within eta of M on every input, M' is (eps, d + (1 + e^eps) * eta)-DP).
+Gaussian figures (for comparison and the golden test) come from dp_accounting's
+RDP and PLD accountants.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact-to-2^-100 integer Skellam noise: Poisson by table inversion with 128-bit integer arithmetic.
+"""Skellam noise within 2^-170 of exact: Poisson by inverting a 192-bit CDF table built with integers only.
 
 Why: numpy's float64 Poisson sampler is not exact at the scales a 2^24 fixed-point
 grid needs (past lambda ~ 2^53 every draw is even; at 4.7e13 it fails goodness-of-fit

@@ -21,7 +21,8 @@ from mpc_agg.dp import (
     skellam_epsilon,
     skellam_noise,
 )
-from mpc_agg.errors import AggregationTimeout, BudgetExceededError, DuplicateReportError, NoiseFloorError, NoiseRangeError
+from mpc_agg.errors import (AggregationTimeout, BudgetExceededError, DuplicateReportError, NoiseFloorError,
+                            NoiseRangeError)
 from mpc_agg.noise import poisson_lambda
 from mpc_agg.wire import MsgType
 from noise_stats import skellam_checks
