@@ -26,6 +26,7 @@ from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeErr
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
+from mpc_agg.trust import check_client_consent
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
@@ -86,8 +87,12 @@ class SecureAggClient:
 
     Privacy floors are the client's own (keyword arguments, else its
     ``[[clients]]`` entry): ``submit`` refuses a round whose noise multiplier is
-    below ``min_noise_multiplier``, or that would raise this client's own
-    epsilon (at ``delta``, kept in ``ledger_path`` if given) above ``max_epsilon``.
+    below ``min_noise_multiplier``, that would raise this client's own epsilon
+    (at ``delta``, kept in ``ledger_path``, by default the entry's) above
+    ``max_epsilon``, or that fewer than ``min_colluders`` servers could break
+    (default: only all k parties; verify_norm rounds refused, mpc_agg.trust).
+    A round is charged to the ledger once its report may have reached a party,
+    even when an acknowledgement then times out.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class SecureAggClient:
         max_epsilon: float | None = None,
         delta: float | None = None,
         ledger_path: str | os.PathLike[str] | None = None,
+        min_colluders: int | None = None,
     ) -> None:
         cfg = deployment.client(client_id)
         secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
@@ -107,7 +113,9 @@ class SecureAggClient:
         self.timeout_s = timeout_s
         self.min_noise_multiplier = cfg.min_noise_multiplier if min_noise_multiplier is None else min_noise_multiplier
         self.max_epsilon = cfg.max_epsilon if max_epsilon is None else max_epsilon
-        self.ledger = PrivacyLedger.open(ledger_path, delta=cfg.delta if delta is None else delta)
+        self.min_colluders = cfg.min_colluders if min_colluders is None else min_colluders
+        self.ledger = PrivacyLedger.open(cfg.ledger_path if ledger_path is None else ledger_path,
+                                         delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
         self._req = [
@@ -158,6 +166,8 @@ class SecureAggClient:
         spec = self.fetch_spec(round_id)
         if spec.max_weight is not None and weight > spec.max_weight:
             raise ConfigError(f"weight {weight} exceeds round {round_id}'s max_weight {spec.max_weight}")
+        check_client_consent(spec, parties=len(self._req), min_colluders=self.min_colluders,
+                             who=f"client {self.client_id}")
         if spec.verify_norm and weight != 1.0:
             raise ConfigError("rounds with verify_norm need weight=1.0 (the parties check it)")
         event = self._check_privacy(spec, weight)
@@ -172,10 +182,11 @@ class SecureAggClient:
             encode([weight], spec.frac_bits, out=ring[-1:])
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
-        report = self.upload_encoded(spec, ring)
-        if event is not None:
-            self.ledger.record(round_id, event)
-        return report
+        try:
+            return self.upload_encoded(spec, ring)
+        finally:  # delivered, or perhaps delivered before a timeout: spent either way (once per round)
+            if event is not None:
+                self.ledger.record(round_id, event)
 
     def upload_encoded(self, spec: RoundSpec, ring: np.ndarray) -> str:
         """Share and upload an already encoded ring vector (``spec.dim`` values, then the weight
@@ -231,11 +242,11 @@ class SecureAggClient:
             return None
         if weight != 1.0:
             raise ConfigError("noised rounds need weight=1.0 (the DP sensitivity is clip_norm per client)")
-        if spec.clip_norm is None:
+        event = SkellamRound.from_spec(spec)
+        if event is None:
             raise ConfigError("noised rounds need clip_norm")
-        event = SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
         if self.max_epsilon is not None:
-            eps = self.ledger.epsilon_with(event)
+            eps = self.ledger.epsilon_with(event, spec.round_id)
             if eps > self.max_epsilon:
                 raise NoiseFloorError(f"round {spec.round_id} would raise this client's epsilon to {eps:.4g} > "
                                       f"{self.max_epsilon} (delta={self.ledger.delta:g})")

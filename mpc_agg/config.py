@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import zmq
 
 from .errors import ConfigError
+from .fixedpoint import MAX_REPORTS_PER_ROUND
 
 __all__ = ["PartyConfig", "ClientConfig", "Deployment", "generate_deployment", "free_ports"]
 
@@ -32,6 +33,10 @@ class PartyConfig:
     private_key_file: Path | None
     min_clients: int
     state_dir: Path
+    allow_verify_norm: bool = False
+    """this party's consent to verify_norm rounds, which lower who must collude (mpc_agg.trust)"""
+    max_reports: int = MAX_REPORTS_PER_ROUND
+    """reports accepted per round (at most MAX_REPORTS_PER_ROUND, so the sum cannot wrap)"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ class ClientConfig:
     min_noise_multiplier: float = 0.0
     max_epsilon: float | None = None
     delta: float = 1e-5
+    min_colluders: int | None = None
+    """fewest servers that may recover this client's update; None: all k parties (no verify_norm rounds)"""
+    ledger_path: Path | None = None
+    """this client's privacy ledger (default state/client-<id>/privacy-ledger.json beside the TOML file)"""
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class Deployment:
                     private_key_file=keyfile(s.get("private_key_file")),
                     min_clients=int(s.get("min_clients", 3)),
                     state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
+                    allow_verify_norm=_flag(s.get("allow_verify_norm", False), "allow_verify_norm"),
+                    max_reports=int(s.get("max_reports", MAX_REPORTS_PER_ROUND)),
                 )
                 for s in raw["parties"]
             )
@@ -95,6 +106,8 @@ class Deployment:
                     min_noise_multiplier=float(c.get("min_noise_multiplier", 0.0)),
                     max_epsilon=None if c.get("max_epsilon") is None else float(c["max_epsilon"]),
                     delta=float(c.get("delta", 1e-5)),
+                    min_colluders=None if c.get("min_colluders") is None else int(c["min_colluders"]),
+                    ledger_path=base / str(c.get("ledger_path", f"state/client-{c['id']}/privacy-ledger.json")),
                 )
                 for c in raw.get("clients", [])
             )
@@ -108,6 +121,10 @@ class Deployment:
             raise ConfigError(f"{p}: party ids must be 0..{len(parties) - 1}")
         if any(x.min_clients < 1 for x in parties):
             raise ConfigError(f"{p}: min_clients must be >= 1")
+        if any(not 1 <= x.max_reports <= MAX_REPORTS_PER_ROUND for x in parties):
+            raise ConfigError(f"{p}: max_reports must be in [1, {MAX_REPORTS_PER_ROUND}] (the ring's headroom)")
+        if any(c.min_colluders is not None and c.min_colluders < 2 for c in clients):
+            raise ConfigError(f"{p}: a client's min_colluders must be >= 2 (or absent: all parties)")
         if len({c.id for c in clients}) != len(clients):
             raise ConfigError(f"{p}: duplicate client ids")
         dep = cls(
@@ -140,6 +157,12 @@ class Deployment:
 
     def client_id_for_key(self, public_key: str) -> str | None:
         return self._client_by_key.get(public_key)
+
+
+def _flag(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+    return v
 
 
 def _check_key(z85: str) -> str:
@@ -195,8 +218,11 @@ def generate_deployment(
     hosts: Sequence[str] | None = None,
     base_port: int | None = None,
     with_dealer: bool = True,
+    allow_verify_norm: bool = False,
 ) -> Path:
-    """Write ``out_dir/deployment.toml`` and one 0600 key file per role."""
+    """Write ``out_dir/deployment.toml`` and one 0600 key file per role.
+
+    ``allow_verify_norm`` writes every party's consent to verify_norm rounds (default: none consents)."""
     if parties < 2:
         raise ConfigError("at least 2 parties are needed")
     if clients < 0 or min_clients < 1:
@@ -237,6 +263,7 @@ def generate_deployment(
             f'private_key_file = "keys/party-{i}.key"',
             f"min_clients = {min_clients}",
             f'state_dir = "state/party-{i}"',
+            f"allow_verify_norm = {'true' if allow_verify_norm else 'false'}",
             "",
         ]
     for c in range(clients):

@@ -50,12 +50,6 @@ class RoundResult:
     delta: float | None = None
 
 
-def _dp_event(spec: RoundSpec) -> SkellamRound | None:
-    if spec.noise_multiplier == 0 or spec.clip_norm is None:
-        return None
-    return SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
-
-
 class Coordinator:
     """Opens and closes rounds; a context manager that closes its sockets."""
 
@@ -127,18 +121,21 @@ class Coordinator:
         frac_bits: int | None = None,
         verify_norm: bool = False,
         max_weight: float | None = None,
+        min_honest: int | None = None,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
         """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting).
 
-        ``verify_norm=True`` (needs ``clip_norm`` and a dealer) makes the parties check every
-        report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``); in
-        other rounds the parties drop reports whose weight is not in (0, ``max_weight``] (default: the
-        largest encodable), so the revealed total weight is always positive (both need the dealer)."""
+        ``verify_norm=True`` (needs ``clip_norm``, a dealer, and each party's and client's consent:
+        mpc_agg.trust) makes the parties check every report's L2 norm in MPC and drop violators before
+        the reveal (``RoundResult.rejected``); in other rounds the parties drop reports whose weight is
+        not in (0, ``max_weight``] (default: the largest encodable), so the revealed total weight is
+        always positive (both need the dealer).  Noised rounds: ``frac_bits=None`` fits the grid to the
+        noise (mpc_agg.noise); ``min_honest`` clients are assumed to add their noise (default all)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
                                 noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm,
-                                max_weight=max_weight)
-        dp_event = _dp_event(spec)
+                                max_weight=max_weight, min_honest=min_honest, parties=len(self.dep.parties))
+        dp_event = SkellamRound.from_spec(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)
         self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
@@ -181,7 +178,7 @@ class Coordinator:
             out[name] = torch.from_numpy(avg[off:off + n].reshape(shape))  # views of one fresh buffer
             off += n
         clients = tuple(answers[0].meta.get("clients", ()))
-        dp_event = _dp_event(spec)
+        dp_event = SkellamRound.from_spec(spec)
         epsilon = None if dp_event is None else self.ledger.record(round_id, dp_event)
         event(log, "reveal", round=round_id, clients=len(clients))
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,

@@ -21,12 +21,15 @@ class LocalDeployment:
     def __init__(self, workdir: str | os.PathLike[str], *, parties: int = 3, clients: int = 3,
                  min_clients: int = 3, dealer: bool = True, log_dir: str | os.PathLike[str] | None = None,
                  env: dict[str, str] | None = None, hosts: Sequence[str] | None = None,
-                 party_prefix: Callable[[int], Sequence[str]] | None = None) -> None:
+                 party_prefix: Callable[[int], Sequence[str]] | None = None,
+                 allow_verify_norm: bool = False) -> None:
         """``hosts``: one address per party (default loopback); ``party_prefix(i)``: argv that wraps
-        party i's command, e.g. ``["ip", "netns", "exec", "ns-i"]`` to run it in its own network namespace."""
+        party i's command, e.g. ``["ip", "netns", "exec", "ns-i"]`` to run it in its own network namespace;
+        ``allow_verify_norm``: every party consents to verify_norm rounds (mpc_agg.trust)."""
         self.workdir = Path(workdir)
         self.config = generate_deployment(self.workdir, parties=parties, clients=clients,
-                                          min_clients=min_clients, with_dealer=dealer, hosts=hosts)
+                                          min_clients=min_clients, with_dealer=dealer, hosts=hosts,
+                                          allow_verify_norm=allow_verify_norm)
         self.party_prefix = party_prefix
         self.deployment = Deployment.load(self.config)
         self.log_dir = Path(log_dir) if log_dir else self.workdir / "logs"

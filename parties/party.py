@@ -34,7 +34,6 @@ from mpc_agg.errors import (
     AlreadyRevealedError,
     AuthError,
     CohortTooSmallError,
-    ConfigError,
     DuplicateReportError,
     RoundStateError,
     SpecMismatchError,
@@ -44,6 +43,7 @@ from mpc_agg.logs import event
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
+from mpc_agg.trust import check_party_consent
 from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.messages import validate_request
@@ -167,8 +167,8 @@ class Party(Service):
             if existing.digest != digest:
                 raise RoundStateError(f"round {spec.round_id} is already open with a different spec")
             return MsgType.OK, {"digest": digest}, []
-        if spec.verify_norm and self.provider is None:
-            raise ConfigError("verify_norm needs a dealer ([dealer] in the deployment) for MPC multiplication")
+        check_party_consent(spec, parties=self.k, allow_verify_norm=self.cfg.allow_verify_norm,
+                            has_dealer=self.provider is not None, who=f"party {self.id}")
         if self.store.is_revealed(spec.round_id):
             raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
         rdir = self.store.create_round(spec)
@@ -200,6 +200,8 @@ class Party(Service):
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
+        if len(st.reports) >= self.cfg.max_reports:  # the leader may hold one more in flight: still no wrap
+            raise RoundStateError(f"round {st.spec.round_id} is full ({self.cfg.max_reports} reports)")
         return st, client, report_hex
 
     def _acknowledge(self, st: _Round, client: str, report_hex: str, stored: StoredReport) -> None:

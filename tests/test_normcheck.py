@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fl_client import SecureAggClient
-from mpc_agg.errors import ConfigError
+from mpc_agg.errors import ConfigError, TrustError
 from mpc_agg.spec import RoundSpec
 from parties import Coordinator
 from parties.launcher import LocalDeployment
@@ -21,7 +21,7 @@ D, CLIP = 3000, 1.0
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda k: f"k{k}")
 def vdep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     work = tmp_path_factory.mktemp(f"verify{request.param}")
-    ld = LocalDeployment(work / "dep", parties=request.param, clients=6, min_clients=3,
+    ld = LocalDeployment(work / "dep", parties=request.param, clients=6, min_clients=3, allow_verify_norm=True,
                          env={"MPC_AGG_TRANSCRIPT": str(work / "transcript")})
     ld.transcript_prefix = work / "transcript"  # type: ignore[attr-defined]
     with ld:
@@ -37,7 +37,7 @@ def _round(ld: LocalDeployment, rid: int, updates: list[np.ndarray], *, verify: 
     with Coordinator.from_config(ld.config) as coord:
         coord.open_round(rid, shapes={"w": updates[0].shape}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
         for i, (u, c) in enumerate(zip(updates, clip)):
-            with SecureAggClient.from_config(ld.config, f"client-{i}") as cl:
+            with SecureAggClient.from_config(ld.config, f"client-{i}", min_colluders=2) as cl:  # consents
                 cl.submit(rid, {"w": u}, clip=c)
         return coord.close_round(rid, timeout_s=120)
 
@@ -114,3 +114,27 @@ def test_wrapping_cheats_are_rejected(vdep: LocalDeployment, round_id: int) -> N
         assert res.rejected == tuple(f"client-{3 + j}" for j in range(len(names))), (names, res.rejected)
         assert res.clients == ("client-0", "client-1", "client-2")
         assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+def test_client_floor_refuses_verified_rounds_unless_it_consents(vdep: LocalDeployment, round_id: int) -> None:
+    """verify_norm lowers who must collude to 2 servers: a client whose floor asks for more refuses (typed,
+    before anything is shared); consenting clients' round closes, and so does the next unverified one."""
+    rng = np.random.default_rng(round_id)
+    ups = [_unit(rng, 0.5) for _ in range(4)]
+    with Coordinator.from_config(vdep.config) as coord:
+        spec = coord.open_round(round_id, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP, verify_norm=True)
+        assert spec.parties == len(vdep.deployment.parties) and spec.colluders == 2
+        for floor in (None, 3):  # None: the default, all k parties
+            with SecureAggClient.from_config(vdep.config, "client-5", min_colluders=floor) as cl:
+                with pytest.raises(TrustError, match="refuses round"):
+                    cl.submit(round_id, {"w": ups[3]})
+                assert cl.bytes_sent < 4096  # only the spec requests: no share left the client
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}", min_colluders=2) as cl:
+                cl.submit(round_id, {"w": ups[i]})
+        res = coord.close_round(round_id, timeout_s=120)
+        assert res.clients == ("client-0", "client-1", "client-2") and res.rejected == ()
+        coord.open_round(round_id + 20_000, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP)
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}") as cl:  # default floor: fine here
+                cl.submit(round_id + 20_000, {"w": ups[i]})
+        plain = coord.close_round(round_id + 20_000, timeout_s=120)
+    assert np.allclose(plain.average["w"].numpy(), np.mean(ups[:3], axis=0), atol=3 * 2.0**-24)

@@ -94,7 +94,11 @@ def test_rounds_where_the_test_cannot_be_sound_are_refused() -> None:
     assert RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, verify_norm=True).norm_bound() >= 2**48
     with pytest.raises(ConfigError, match="wraparound"):
         RoundSpec.create(1, {"w": (10,)}, clip_norm=4.0, frac_bits=24, verify_norm=True)
-    with pytest.raises(ConfigError, match="lower frac_bits"):  # the noise's norm counts: d = 1e6 at z = 1
-        RoundSpec.create(1, {"w": (1_000_000,)}, clip_norm=1.0, noise_multiplier=1.0, verify_norm=True)
-    RoundSpec.create(1, {"w": (1_000_000,)}, clip_norm=1.0, noise_multiplier=1.0, frac_bits=14, verify_norm=True)
+    with pytest.raises(ConfigError, match="wraparound"):  # the noise's norm counts: d = 1e6 at z = 1
+        RoundSpec.create(1, {"w": (1_000_000,)}, clip_norm=1.0, noise_multiplier=1.0, frac_bits=16,
+                         verify_norm=True)
+    # frac_bits=None picks the finest grid at which the noise fits its sampler and the test is sound
+    auto = RoundSpec.create(1, {"w": (1_000_000,)}, clip_norm=1.0, noise_multiplier=1.0, verify_norm=True)
+    assert auto.frac_bits < 16 and wraptest.threshold(auto.norm_bound()) <= wraptest.MAX_T
+    assert RoundSpec.create(1, {"w": (10,)}, clip_norm=4.0, verify_norm=True).frac_bits == 23
     assert wraptest.threshold(2**48) < wraptest.MAX_T
