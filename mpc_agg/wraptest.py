@@ -81,16 +81,12 @@ def combine_seed(reveals: list[bytes], context: bytes) -> bytes:
 def ternary(seed: bytes, start: int, count: int, tests: int = TESTS) -> npt.NDArray[np.float64]:
     """Rows z_t[start : start+count] for t < tests, as a (tests, count) float64 matrix.
 
-    Row t is the AES-128-CTR keystream of ``seed`` with nonce (t, start), four values
-    per byte: the same at every party for the same block."""
+    The block's values are the AES-128-CTR keystream of ``seed`` with nonce ``start``, four
+    values per byte, row after row: the same at every party for the same block."""
     nbytes = -(-count // 4)
-    out = np.empty((tests, 4 * nbytes))
-    for t in range(tests):
-        nonce = t.to_bytes(4, "big") + start.to_bytes(8, "big") + bytes(4)
-        enc = Cipher(algorithms.AES(seed[:16]), modes.CTR(nonce)).encryptor()
-        ks = np.frombuffer(enc.update(bytes(nbytes)), dtype=np.uint8)
-        out[t] = _TABLE[ks].reshape(-1)
-    return out[:, :count]
+    enc = Cipher(algorithms.AES(seed[:16]), modes.CTR(start.to_bytes(8, "big") + bytes(8))).encryptor()
+    ks = np.frombuffer(enc.update(bytes(tests * nbytes)), dtype=np.uint8)
+    return _TABLE[ks].reshape(tests, 4 * nbytes)[:, :count]
 
 
 def project(z: npt.NDArray[np.float64], shares: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
