@@ -35,7 +35,10 @@ class LocalDeployment:
         self.log_dir = Path(log_dir) if log_dir else self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.dealer = dealer
-        self.env = None if env is None else {**os.environ, **env}
+        # k parties and the dealer share this machine's cores: one BLAS/OpenMP thread each, unless the
+        # caller says otherwise (oversubscribed BLAS threads doubled the verified close here)
+        single = {v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        self.env = {**single, **os.environ, **(env or {})}
 
     def _spawn(self, name: str, *args: str, prefix: Sequence[str] = ()) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
