@@ -1,0 +1,95 @@
+"""The Flower adapter end to end: examples/flower in Flower's simulation engine, 3 party processes.
+
+The example runs 2 rounds with 5 simulated SuperNodes (``parties.flower_sim.simulate_app``: the
+engine and app loading of ``flwr run``) and saves the global model after each round.  Each round
+is then checked against plain Flower FedAvg (``aggregate_arrayrecords``, what ``FedAvg`` calls) of
+the same client updates, recomputed here by the example's deterministic local training from the
+same global model.  A client whose own noise floor refuses the round's spec makes the round fail
+with Flower's ``AggregationError``, quickly, naming both refusals.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
+from parties.launcher import LocalDeployment
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "examples" / "flower"
+CLIENTS, ROUNDS = 5, 2
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def flower_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    ld = LocalDeployment(tmp_path_factory.mktemp("flower"), parties=3, clients=CLIENTS, min_clients=3, dealer=False)
+    ld.start()
+    try:
+        yield ld
+    finally:
+        assert set(ld.stop().values()) <= {0}
+
+
+def _example() -> tuple[object, object]:
+    if str(APP) not in sys.path:
+        sys.path.insert(0, str(APP))
+    from mpcagg_flower import client_app
+    from flwr.common.config import get_fused_config_from_dir
+
+    return client_app, get_fused_config_from_dir
+
+
+def test_example_matches_plain_fedavg(flower_dep: LocalDeployment, tmp_path: Path) -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from parties.flower_sim import simulate_app
+
+    client_app, fused = _example()
+    overrides = {"mpc-agg-config": str(flower_dep.config), "num-server-rounds": ROUNDS, "out-dir": str(tmp_path)}
+    simulate_app(APP, num_supernodes=CLIENTS, run_config=overrides)
+    run_config = fused(APP, overrides)
+    models = [dict(np.load(tmp_path / f"round-{r}.npz")) for r in range(ROUNDS + 1)]
+    for rnd in range(1, ROUNDS + 1):
+        start = ArrayRecord({k: Array(v) for k, v in models[rnd - 1].items()})
+        replies = []
+        for pid in range(CLIENTS):
+            model, _, n = client_app.local_update(start, pid, rnd, run_config)
+            replies.append(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                       "metrics": MetricRecord({"num-examples": n})}))
+        plain = aggregate_arrayrecords(replies, "num-examples")
+        secure = models[rnd]
+        assert set(secure) == set(plain)
+        biggest = max(float(np.max(np.abs(v))) for v in secure.values())
+        # fixed point (README: n·2^-frac_bits) plus float32 rounding of FedAvg's sum and of the model
+        bound = CLIENTS * 2.0**-DEFAULT_FRAC_BITS + 2 * (CLIENTS + 1) * 2.0**-24 * biggest
+        diff = max(float(np.max(np.abs(secure[k].astype(np.float64) - plain[k].numpy()))) for k in secure)
+        moved = max(float(np.max(np.abs(secure[k] - models[rnd - 1][k]))) for k in secure)
+        assert diff <= bound, f"round {rnd}: secure vs plain FedAvg differ by {diff:.3e} > {bound:.3e}"
+        assert moved > 1000 * bound, f"round {rnd}: the model hardly moved ({moved:.3e}): nothing was checked"
+
+
+def test_refused_submit_fails_the_round(flower_dep: LocalDeployment) -> None:
+    """Every client's own floor (min_noise_multiplier 1) refuses the un-noised round: Flower error, no hang."""
+    from flwr.serverapp.exception import AggregationError
+
+    from parties.flower_sim import simulate_app
+
+    text = flower_dep.config.read_text()
+    floored = flower_dep.config.with_name("deployment-floor.toml")
+    floored.write_text(text.replace("[[clients]]\n", "[[clients]]\nmin_noise_multiplier = 1.0\n"))
+    assert floored.read_text().count("min_noise_multiplier") == CLIENTS
+    t0 = time.monotonic()
+    with pytest.raises(AggregationError) as err:
+        simulate_app(APP, num_supernodes=CLIENTS, run_config={"mpc-agg-config": str(floored), "num-server-rounds": 1})
+    assert time.monotonic() - t0 < 120
+    reason = str(err.value)
+    assert "CohortTooSmallError" in reason, reason
+    assert reason.count("mpc-agg NoiseFloorError") == CLIENTS, reason
