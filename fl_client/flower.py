@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message
     from flwr.clientapp.typing import ClientAppCallable
 
-__all__ = ["MpcAggMod", "close_connections", "ROUND_KEY", "CONFIG_KEY", "CLIENT_ID_KEY", "LEDGER_KEY",
+__all__ = ["MpcAggMod", "close_connections", "model_delta", "ROUND_KEY", "CONFIG_KEY", "CLIENT_ID_KEY", "LEDGER_KEY",
            "WEIGHT_KEY"]
 
 ROUND_KEY = "mpc-agg-round"
@@ -123,7 +123,7 @@ class MpcAggMod:
             return _POOL[key]
 
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        from flwr.app import Error, Message, MessageType
+        from flwr.app import ArrayRecord, Error, Message, MessageType
         from flwr.common.constant import ErrorCode
 
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -131,26 +131,19 @@ class MpcAggMod:
         try:
             round_id = self._round_id(msg)
             client = self.client(ctxt)
-        except MpcAggError as exc:
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"mpc-agg {type(exc).__name__}: {exc}"),
-                           reply_to=msg)
-        reply = call_next(msg, ctxt)
-        if reply.has_error():
-            return reply
-        try:
+            reply = call_next(msg, ctxt)
+            if reply.has_error():
+                return reply
             key, returned = _single_array_record(reply.content, "the train function's reply")
             _, received = _single_array_record(msg.content, "the TRAIN message")
             delta = model_delta(received, returned)
             spec = client.fetch_spec(round_id)
-            metrics = list(reply.content.metric_records.values())
             unit = spec.noise_multiplier > 0 or spec.verify_norm
-            weight = 1.0 if unit else self._weight(metrics)
+            weight = 1.0 if unit else self._weight(list(reply.content.metric_records.values()))
             client.submit(round_id, delta, weight=weight)
         except MpcAggError as exc:
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"mpc-agg {type(exc).__name__}: {exc}"),
                            reply_to=msg)
-        from flwr.app import ArrayRecord
-
         reply.content[key] = ArrayRecord()  # the update went to the parties, secret-shared
         return reply
 

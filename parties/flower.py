@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fl_client.flower import ROUND_KEY
 from mpc_agg.errors import BudgetExceededError, ConfigError, MpcAggError
 
 from .coordinator import Coordinator, RoundResult
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MpcAggStrategy", "round_id_for"]
 
-ROUND_KEY = "mpc-agg-round"  # = fl_client.flower.ROUND_KEY (this module stays free of client code)
 MAX_SERVER_ROUND = 1 << 20
 
 

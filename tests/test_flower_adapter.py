@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
+from parties import Coordinator
 from parties.launcher import LocalDeployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,8 @@ def flower_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
     ld = LocalDeployment(tmp_path_factory.mktemp("flower"), parties=3, clients=CLIENTS, min_clients=3, dealer=False)
     ld.start()
     try:
+        with Coordinator.from_config(ld.config) as coord:
+            coord.status(timeout_s=60)  # every party is up (a party stopped while starting exits non-zero)
         yield ld
     finally:
         assert set(ld.stop().values()) <= {0}
@@ -93,3 +96,23 @@ def test_refused_submit_fails_the_round(flower_dep: LocalDeployment) -> None:
     reason = str(err.value)
     assert "CohortTooSmallError" in reason, reason
     assert reason.count("mpc-agg NoiseFloorError") == CLIENTS, reason
+
+
+def test_mod_refuses_train_without_round(flower_dep: LocalDeployment) -> None:
+    """A TRAIN message that names no mpc-agg round (a server without MpcAggStrategy) is refused before
+    the train function runs: the update is never sent in the clear."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fl_client.flower import MpcAggMod
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # what Flower's runtime sets
+    msg = Message(RecordDict({"arrays": ArrayRecord([np.zeros(3, np.float32)]), "config": ConfigRecord({})}),
+                  dst_node_id=1, message_type=MessageType.TRAIN)
+    ctxt = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(),
+                   run_config={"mpc-agg-config": str(flower_dep.config)})
+    called = []
+    reply = MpcAggMod()(msg, ctxt, lambda m, c: called.append(m) or m)
+    assert reply.has_error() and not called
+    assert "mpc-agg ConfigError" in reply.error.reason and "in the clear" in reply.error.reason
