@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import numpy as np
@@ -40,25 +41,26 @@ def flower_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeploy
         assert set(ld.stop().values()) <= {0}
 
 
-def _example() -> tuple[object, object]:
+def _example_client() -> ModuleType:
+    """The example's ``mpcagg_flower.client_app`` module (its local training is what the clients ran)."""
     if str(APP) not in sys.path:
         sys.path.insert(0, str(APP))
     from mpcagg_flower import client_app
-    from flwr.common.config import get_fused_config_from_dir
 
-    return client_app, get_fused_config_from_dir
+    return client_app
 
 
 def test_example_matches_plain_fedavg(flower_dep: LocalDeployment, tmp_path: Path) -> None:
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.common.config import get_fused_config_from_dir
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     from parties.flower_sim import simulate_app
 
-    client_app, fused = _example()
+    client_app = _example_client()
     overrides = {"mpc-agg-config": str(flower_dep.config), "num-server-rounds": ROUNDS, "out-dir": str(tmp_path)}
     simulate_app(APP, num_supernodes=CLIENTS, run_config=overrides)
-    run_config = fused(APP, overrides)
+    run_config = get_fused_config_from_dir(APP, overrides)
     models = [dict(np.load(tmp_path / f"round-{r}.npz")) for r in range(ROUNDS + 1)]
     for rnd in range(1, ROUNDS + 1):
         start = ArrayRecord({k: Array(v) for k, v in models[rnd - 1].items()})
