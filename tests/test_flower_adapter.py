@@ -5,7 +5,8 @@ engine and app loading of ``flwr run``) and saves the global model after each ro
 is then checked against plain Flower FedAvg (``aggregate_arrayrecords``, what ``FedAvg`` calls) of
 the same client updates, recomputed here by the example's deterministic local training from the
 same global model.  A client whose own noise floor refuses the round's spec makes the round fail
-with Flower's ``AggregationError``, quickly, naming both refusals.
+with Flower's ``AggregationError``, quickly, naming both refusals.  Without the engine: the mod
+refuses a TRAIN message that names no round, and uses weight 1 in noised rounds.
 """
 
 from __future__ import annotations
@@ -118,3 +119,33 @@ def test_mod_refuses_train_without_round(flower_dep: LocalDeployment) -> None:
     reply = MpcAggMod()(msg, ctxt, lambda m, c: called.append(m) or m)
     assert reply.has_error() and not called
     assert "mpc-agg ConfigError" in reply.error.reason and "in the clear" in reply.error.reason
+
+
+def test_mod_submits_delta_with_weight_one_in_noised_rounds(flower_dep: LocalDeployment, round_id: int) -> None:
+    """In a noised round the mod submits returned - received with weight 1 (not num-examples) and
+    replies with an empty ArrayRecord; the parties' sum holds exactly one unit of weight per client."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fl_client.flower import ROUND_KEY, MpcAggMod
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    start, step = np.full(4, 0.5, np.float32), np.array([0.1, -0.1, 0.0, 0.05], np.float32)
+
+    def train(msg: Message, ctxt: Context) -> Message:
+        content = RecordDict({"arrays": ArrayRecord([start + step]), "metrics": MetricRecord({"num-examples": 40})})
+        return Message(content, reply_to=msg)
+
+    with Coordinator.from_config(flower_dep.config) as coord:
+        coord.open_round(round_id, {"0": (4,)}, min_clients=3, clip_norm=1.0, noise_multiplier=0.5)
+        for pid in range(3):
+            msg = Message(RecordDict({"arrays": ArrayRecord([start]), "config": ConfigRecord({ROUND_KEY: round_id})}),
+                          dst_node_id=pid + 1, message_type=MessageType.TRAIN)
+            ctxt = Context(run_id=1, node_id=pid + 1, node_config={"partition-id": pid}, state=RecordDict(),
+                           run_config={"mpc-agg-config": str(flower_dep.config)})
+            reply = MpcAggMod()(msg, ctxt, train)
+            assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+            assert len(reply.content["arrays"]) == 0 and reply.content["metrics"]["num-examples"] == 40
+        result = coord.close_round(round_id)
+    assert result.total_weight == 3.0 and len(result.clients) == 3
+    assert result.epsilon is not None and result.epsilon > 0
