@@ -81,5 +81,6 @@ def run_adapter(workdir: Path, data_path: Path, expected: npt.NDArray[np.float64
     if len(seconds) != repeat + 1:
         raise RuntimeError(f"the adapter ran {len(seconds)} rounds, expected {repeat + 1}")
     if max(errors) > TOLERANCE:
-        raise RuntimeError(f"the adapter's model is wrong: max |model - mean| {max(errors):.3e} (tolerance {TOLERANCE})")
+        raise RuntimeError(f"the adapter's model is wrong: max |model - mean| {max(errors):.3e} "
+                           f"(tolerance {TOLERANCE})")
     return seconds, errors

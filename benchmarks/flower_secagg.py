@@ -35,8 +35,8 @@ ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plai
 after one warm-up of each and checks both averages itself.
 
 Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
-mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not importable this prints how to install it and exits 0
-with status "skipped".  ``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver,
+mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not
+importable this prints how to install it and exits 0 with status "skipped".  ``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver,
 so that the Ray actors, which load this module's client code, stay small.
 """
 
@@ -242,7 +242,8 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
         print(f"Flower {flwr.__version__} simulation (Ray {ray.__version__}): {clients} clients, d={dim:,}, "
               f"{repeat} repeats + 1 warm-up, SecAgg+ num_shares={num_shares} threshold={threshold}", flush=True)
         flower = run_flower(data_path, expected, repeat, num_shares, threshold, timeout_s)
-        print(f"Flower + mpc-agg adapter: {clients} clients, {PARTIES} parties, {repeat} repeats + 1 warm-up", flush=True)
+        print(f"Flower + mpc-agg adapter: {clients} clients, {PARTIES} parties, {repeat} repeats + 1 warm-up",
+              flush=True)
         adapter_s, adapter_err = run_adapter(Path(tmp) / "adapter", data_path, expected, repeat, timeout_s)
         print(f"mpc-agg: {clients} clients, {PARTIES} parties, d={dim:,}, {repeat} repeats + 1 warm-up", flush=True)
         ours = run_main(Path(tmp) / "mpc-agg", updates, PARTIES, repeat, timeout_s)
