@@ -36,8 +36,9 @@ after one warm-up of each and checks both averages itself.
 
 Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
 mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not
-importable this prints how to install it and exits 0 with status "skipped".  ``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver,
-so that the Ray actors, which load this module's client code, stay small.
+importable this prints how to install it and exits 0 with status "skipped".
+``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
+which load this module's client code, stay small.
 """
 
 from __future__ import annotations
