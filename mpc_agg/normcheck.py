@@ -97,7 +97,8 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
         else:
             x = ArithmeticSharedTensor.from_shares(torch.from_numpy(mine), precision=0)
             total += beaver.square(x).share.sum(dim=1)
-    weight = torch.from_numpy(read_chunk(dim, 1)[:, 0].copy())
+    lo = dim & ~1  # the weight sits at index dim; read from the even index before it (keystream blocks)
+    weight = torch.from_numpy(read_chunk(lo, dim + 1 - lo)[:, -1].copy())
     s = MPCTensor.from_shares(total, precision=0)
     w = MPCTensor.from_shares(weight, precision=0)
     one = 1 << frac_bits
