@@ -22,7 +22,8 @@ import torch
 
 from mpc_agg.errors import ConfigError
 
-__all__ = ["load_tokenizer", "build_model", "check_model_dir", "apply_lora", "trainable_state", "load_trainable", "TINY_CONFIG"]
+__all__ = ["load_tokenizer", "build_model", "check_model_dir", "apply_lora", "trainable_state", "load_trainable",
+           "TINY_CONFIG"]
 
 TINY_CONFIG = Path(__file__).with_name("data") / "tiny_deepseek.json"
 LORA_TARGET_MODULES = ["q_proj", "kv_b_proj", "o_proj"]

@@ -112,11 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(c.status(timeout_s=args.timeout), indent=2))
             return 0
         if args.cmd == "selftest":
-            from parties.selftest import run_selftest
+            from parties.selftest import check_deployment, run_selftest
 
             if args.config is not None:
-                from parties.selftest import check_deployment
-
                 return check_deployment(args.config, dim=args.dim)
             return run_selftest(parties=args.parties, clients=args.clients, dim=args.dim, workdir=args.workdir)
         if args.cmd == "demo":
@@ -130,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import math
     import os
     from pathlib import Path
 
@@ -154,7 +153,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"{Path(args.report).with_suffix('.png')}, model {report.get('model_dir')}")
     diffs = [r["max_abs_diff_vs_plaintext"] for r in rows if r["max_abs_diff_vs_plaintext"] is not None]
     noised = args.noise_multiplier > 0
-    ok = last < first or noised  # noise may outweigh a few clients' updates: explained below, not a failure
+    # noise may outweigh a few clients' updates: explained below, not a failure
+    ok = math.isfinite(last) and (last < first or noised)
     if diffs:
         frac_bits = args.frac_bits if args.frac_bits is not None else DEFAULT_FRAC_BITS
         bound = args.clients * 2.0**-frac_bits
