@@ -1,5 +1,5 @@
 """``mpc-agg selftest``: one secure round checked against plaintext FedAvg, on a throwaway deployment
-(``run_selftest``) or on a running one (``check_deployment``, which only reads its files)."""
+(``run_selftest``) or on a running one (``check_deployment``, which only reads its config and keys)."""
 
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def run_selftest(*, parties: int = 3, clients: int = 5, dim: int = 100_000, work
 def check_deployment(config: str | os.PathLike[str], *, dim: int = 100_000) -> int:
     """One round through the running parties of ``config`` as its coordinator and clients; 0 if it passes.
 
-    Needs the coordinator's and enough clients' key files (as ``keygen`` writes them).  Nothing in the
-    deployment's files changes; the parties record one round under a fresh random id (printed)."""
+    Needs the coordinator's and enough clients' key files (as ``keygen`` writes them).  The config and
+    keys are only read; the parties record the round like any other, under a fresh random id (printed)."""
     dep = Deployment.load(config)
     floor = max(p.min_clients for p in dep.parties)
     clients = [c.id for c in dep.clients][:max(floor, 5)]

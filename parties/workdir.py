@@ -40,7 +40,7 @@ def claim_workdir(workdir: str | os.PathLike[str], *, reads: Sequence[str | os.P
     marked = (work / MARKER).is_file()
     if work.exists() and not marked and any(work.iterdir()):
         raise ConfigError(f"--workdir {workdir} is not empty and was not made by the demo (no {MARKER} in it): "
-                          "give a new or empty directory")
+                          "give a new or empty directory (output of an older mpc-agg demo: delete it yourself)")
     for r in reads:
         if r is None:
             continue
