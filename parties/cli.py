@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("selftest", help="run one secure round and check it against plaintext FedAvg")
     t.add_argument("--config", default=None,
-                   help="check this running deployment (its parties must be up; its config and keys are only read) "
-                        "instead of a throwaway one on loopback")
+                   help="check this running deployment (its parties must be up; its config and keys are "
+                        "only read) instead of a throwaway one on loopback")
     t.add_argument("--parties", type=int, default=3, help="throwaway deployment: parties")
     t.add_argument("--clients", type=int, default=5, help="throwaway deployment: clients")
     t.add_argument("--dim", type=int, default=100_000)
