@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import stat
 import tomllib
@@ -76,6 +78,10 @@ class Deployment:
             raw = tomllib.loads(p.read_text("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"deployment file {p} not found (create one with `mpc-agg keygen`)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p} is a directory; give the deployment file, e.g. {p / 'deployment.toml'}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read deployment file {p}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
         base = p.parent
@@ -184,6 +190,8 @@ def read_secret_key(path: Path | None, role: str) -> str:
         text = path.read_text("ascii").strip()
     except FileNotFoundError:
         raise ConfigError(f"private key file {path} for {role} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read private key file {path} for {role}: {getattr(exc, 'strerror', exc)}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"private key file {path} must not be readable by group/others (chmod 600)")
     _check_key(text)
@@ -209,6 +217,28 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string of printable text is a valid TOML basic string
 
 
+_KEY_NAME = re.compile(r"(coordinator|dealer|party-\d+|client-\d+)\.key")
+
+
+def _clear_deployment(out: Path, force: bool) -> None:
+    """Refuse to write over an earlier keygen's output, or (``force``) delete exactly what it wrote."""
+    keys = [p for p in (out / "keys").glob("*.key") if _KEY_NAME.fullmatch(p.name)]
+    states = [p for p in (out / "state").glob("party-*") if p.is_dir()]
+    toml = out / "deployment.toml"
+    found = ([toml] if toml.exists() else []) + keys + states
+    if not found:
+        return
+    if not force:
+        raise ConfigError(f"{out} already holds a deployment ({len(keys)} key files, {len(states)} party state "
+                          "directories); choose another --out, or pass --force to replace it (its keys and "
+                          "party state are deleted)")
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def generate_deployment(
     out_dir: str | os.PathLike[str],
     *,
@@ -219,18 +249,28 @@ def generate_deployment(
     base_port: int | None = None,
     with_dealer: bool = True,
     allow_verify_norm: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/deployment.toml`` and one 0600 key file per role.
 
-    ``allow_verify_norm`` writes every party's consent to verify_norm rounds (default: none consents)."""
+    ``allow_verify_norm`` writes every party's consent to verify_norm rounds (default: none consents).
+    An existing deployment in ``out_dir`` is refused (ConfigError) unless ``force``; then the
+    files an earlier keygen wrote there (deployment.toml, role keys, party state) are deleted
+    first, so no stale round state outlives its keys.  Nothing else in ``out_dir`` is touched."""
     if parties < 2:
         raise ConfigError("at least 2 parties are needed")
     if clients < 0 or min_clients < 1:
         raise ConfigError("clients must be >= 0 and min_clients >= 1")
+    if 0 < clients < min_clients:
+        raise ConfigError(f"{clients} clients can never reach a cohort floor of {min_clients} "
+                          "(--min-clients must be <= --clients)")
     hosts = list(hosts) if hosts else ["127.0.0.1"] * parties
     if len(hosts) != parties:
         raise ConfigError(f"{len(hosts)} hosts given for {parties} parties")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory")
+    _clear_deployment(out, force)
     keys = out / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)

@@ -463,11 +463,15 @@ class DealerProvider:
     """
 
     NAME = "DEALER"
+    REPLY_MARGIN_S = 1.0
 
     def __init__(self, requester: Requester, *, rank: int, timeout_s: float = 60.0) -> None:
         self.requester = requester
         self.rank = rank
         self.timeout_s = timeout_s
+        self.deadline: float | None = None
+        """monotonic time by which a failure must be known (e.g. a close's deadline): requests give up
+        ``REPLY_MARGIN_S`` before it, so the reason reaches the caller while it still waits"""
         self.session = "init"
         self.seq = 0
 
@@ -478,7 +482,14 @@ class DealerProvider:
     def _request(self, fn: str, **params: Any) -> list[torch.Tensor]:
         self.seq += 1
         meta = {"session": self.session, "seq": self.seq, "fn": fn, "params": _obj_encode(params)}
-        msg = self.requester.request(MsgType.DEALER_REQUEST, meta, timeout_s=self.timeout_s, what="dealer")
+        timeout = self.timeout_s
+        if self.deadline is not None:
+            timeout = max(0.1, min(timeout, self.deadline - time.monotonic() - self.REPLY_MARGIN_S))
+        try:
+            msg = self.requester.request(MsgType.DEALER_REQUEST, meta, timeout_s=timeout, what="dealer")
+        except AggregationTimeout:
+            raise AggregationTimeout(f"the dealer sent no tuples within {timeout:.1f} s: is `mpc-agg dealer` "
+                                     "running and reachable? (it answers once every party has asked)") from None
         metas = msg.meta.get("tensors")
         if not isinstance(metas, list) or len(metas) != len(msg.payloads) or not all(isinstance(m, dict)
                                                                                     for m in metas):

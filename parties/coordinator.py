@@ -21,7 +21,7 @@ import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
-from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
+from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, SpecMismatchError, WireError
 from mpc_agg.fixedpoint import decode
 from mpc_agg.logs import event
 from mpc_agg.spec import RoundSpec
@@ -124,14 +124,17 @@ class Coordinator:
         min_honest: int | None = None,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
-        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting).
+        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting);
+        returns the round's spec, the one every client fetches and checks.
 
         ``verify_norm=True`` (needs ``clip_norm``, a dealer, and each party's and client's consent:
         mpc_agg.trust) makes the parties check every report's L2 norm in MPC and drop violators before
         the reveal (``RoundResult.rejected``); in other rounds the parties drop reports whose weight is
         not in (0, ``max_weight``] (default: the largest encodable), so the revealed total weight is
         always positive (both need the dealer).  Noised rounds: ``frac_bits=None`` fits the grid to the
-        noise (mpc_agg.noise); ``min_honest`` clients are assumed to add their noise (default all)."""
+        noise (mpc_agg.noise); ``min_honest`` clients are assumed to add their noise (default all).
+        Opening a round again with the same spec is a no-op; a revealed round raises
+        AlreadyRevealedError (round ids are never reused)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
                                 noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm,
                                 max_weight=max_weight, min_honest=min_honest, parties=len(self.dep.parties))
@@ -144,11 +147,12 @@ class Coordinator:
         return spec
 
     def close_round(self, round_id: int, *, timeout_s: float = 60.0) -> RoundResult:
-        """Ask every party to agree on the cohort and reveal its sum share; return the average."""
-        spec = self.specs.get(round_id)
-        if spec is None:
-            raise RefusedError(f"round {round_id} was not opened by this coordinator")
+        """Ask every party to agree on the cohort and reveal its sum share; return the average.
+
+        A round opened by an earlier coordinator process (before a restart) is closed too: its spec
+        is read back from the parties, which must all hold the same one."""
         t0 = time.monotonic()
+        spec = self.specs.get(round_id) or self._spec_from_parties(round_id, timeout_s)
         # the parties drop a close request that reaches them after this deadline (their clocks must
         # agree with ours to well under timeout_s, as NTP gives)
         answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
@@ -184,6 +188,15 @@ class Coordinator:
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
                            tuple(answers[0].meta.get("rejected", ())), epsilon,
                            None if dp_event is None else self.ledger.delta)
+
+    def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
+        answers = self._all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
+        specs = {RoundSpec.from_json(a.meta.get("spec")) for a in answers}
+        spec = specs.pop()
+        if specs or spec.round_id != round_id:
+            raise SpecMismatchError(f"parties hold different specs for round {round_id}: not closing it")
+        self.specs[round_id] = spec
+        return spec
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""

@@ -44,7 +44,7 @@ class LocalDeployment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "parties.cli", *args, "--config", str(self.config)],
+            [*prefix, sys.executable, "-m", "parties.cli", *args, "--config", str(self.config.resolve())],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent, env=self.env,
         )
         log.close()

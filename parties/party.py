@@ -164,13 +164,15 @@ class Party(Service):
         digest = spec.digest()
         existing = self.rounds.get(spec.round_id)
         if existing is not None:
+            if existing.revealed:
+                raise AlreadyRevealedError(f"round {spec.round_id} was already revealed; round ids are never reused")
             if existing.digest != digest:
                 raise RoundStateError(f"round {spec.round_id} is already open with a different spec")
             return MsgType.OK, {"digest": digest}, []
         check_party_consent(spec, parties=self.k, allow_verify_norm=self.cfg.allow_verify_norm,
                             has_dealer=self.provider is not None, who=f"party {self.id}")
         if self.store.is_revealed(spec.round_id):
-            raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
+            raise AlreadyRevealedError(f"round {spec.round_id} was already revealed; round ids are never reused")
         rdir = self.store.create_round(spec)
         self.rounds[spec.round_id] = _Round(spec, digest, rdir, np.zeros(spec.dim + 1, dtype=np.int64))
         event(log, "open", party=self.id, round=spec.round_id, dim=spec.dim, digest=digest[:16])
@@ -341,6 +343,8 @@ class Party(Service):
         self._sync_and_ack()  # every report the close may count is durable and acknowledged first
         self._drop_uploads(r)  # and no partial upload is in the sum share that may leave
         self.comm.timeout_s = min(left, self.peer_timeout_s)  # give up when the coordinator does
+        if self.provider is not None:  # and tell it why a dealer failure happened, while it still listens
+            self.provider.deadline = time.monotonic() + left
         st = self.rounds.get(r)
         t0, bytes0 = time.monotonic(), self.comm.comm_bytes
         event(log, "close_start", party=self.id, round=r, session=session, timeout_s=round(self.comm.timeout_s, 1))

@@ -52,6 +52,17 @@ def test_honest_clients_all_accepted_with_the_same_average(vdep: LocalDeployment
     assert np.allclose(res.average["w"].numpy(), np.mean(ups, axis=0), atol=3 * 2.0**-24)
 
 
+def test_odd_dimension_is_verified(vdep: LocalDeployment, round_id: int) -> None:
+    """The weight then sits at an odd index, which helpers must expand from an AES block boundary."""
+    with Coordinator.from_config(vdep.config) as coord:
+        coord.open_round(round_id, shapes={"w": (7,)}, min_clients=3, clip_norm=CLIP, verify_norm=True)
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}") as cl:
+                cl.submit(round_id, {"w": np.full(7, 0.1 * i)})
+        res = coord.close_round(round_id, timeout_s=120)
+    assert res.rejected == () and np.allclose(res.average["w"].numpy(), 0.1, atol=3 * 2.0**-24)
+
+
 def test_unclipped_client_rejected_and_exact_bound_accepted(vdep: LocalDeployment, round_id: int) -> None:
     rng = np.random.default_rng(round_id)
     at_bound = _unit(rng, CLIP)  # exactly at the bound: accepted
