@@ -33,15 +33,8 @@ bench-sweep: install
 	$(BIN)/python -m benchmarks.sweep --json bench-out/sweep.json --png bench-out/sweep.png
 
 clean:
-	rm -rf $(VENV) .venv-bench demo-out bench-out
+	rm -rf $(VENV) demo-out bench-out
 
-# Flower's SecAgg+ beside mpc-agg, in its own venv: flwr 1.42 needs older protobuf/packaging/rich/typer
-# than requirements.txt pins, and .venv stays exactly as pinned.
-BENCH_VENV := .venv-bench
-bench-flower:
-	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet -r requirements.txt
-	$(BENCH_VENV)/bin/pip install --quiet --no-deps crypten==0.4.1
-	$(BENCH_VENV)/bin/pip install --quiet --no-build-isolation -e '.[bench]'
-	$(BENCH_VENV)/bin/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json
+# Flower's SecAgg+, plain FedAvg and Flower + mpc-agg (adapter) beside mpc-agg (flwr 1.42 is in .venv)
+bench-flower: install
+	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json

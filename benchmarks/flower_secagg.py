@@ -1,7 +1,7 @@
 """Flower's SecAgg+ round beside mpc-agg's secure round: same n clients, same d float32 values, one run.
 
-Run from the repository root, with the ``bench`` extra installed (``make bench-flower`` builds
-``.venv-bench`` with it and runs this; or ``pip install -e .[bench]``)::
+Run from the repository root in the project's ``.venv`` (``make install`` puts flwr 1.42.0 with Ray
+there; ``make bench-flower`` runs this)::
 
     python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json out.json
 
@@ -26,14 +26,19 @@ SecAgg+ round and 1 per plain round, whatever d is.  ``run_simulation`` (which F
 deprecated in favour of ``flwr run``) is used because it is the in-process API of the same engine:
 the ServerApp runs in a thread of this process, so its rounds can be timed and checked here.
 
+Flower + mpc-agg (adapter): :func:`benchmarks.flower_adapter.run_adapter`, the same vectors and
+engine through ``parties.flower.MpcAggStrategy`` and ``fl_client.flower.MpcAggMod`` (Message API),
+k=3 party processes, one warm-up round then ``--repeat`` rounds.
+
 mpc-agg side: :func:`benchmarks.overhead.run_main` on the same vectors (k=3 parties, CURVE
 ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext rounds
 after one warm-up of each and checks both averages itself.
 
-Reported: the median of ``--repeat`` rounds of each kind and the ratio Flower SecAgg+ /
-mpc-agg secure.  If flwr (with Ray) is not importable this prints how to install it and exits 0
-with status "skipped".  ``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver,
-so that the Ray actors, which load this module's client code, stay small.
+Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
+mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not
+importable this prints how to install it and exits 0 with status "skipped".
+``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
+which load this module's client code, stay small.
 """
 
 from __future__ import annotations
@@ -65,8 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["main", "run"]
 
 MODULE = "benchmarks.flower_secagg"
-INSTALL_HINT = ("run `make bench-flower` (a separate .venv-bench), or install it with `pip install -e .[bench]` "
-                "(flwr[simulation]==1.42.0, which moves protobuf/packaging/rich/typer below our pins)")
+INSTALL_HINT = "run it in the project's .venv (`make install` installs flwr[simulation]==1.42.0 there)"
 PARTIES = 3
 CLIPPING_RANGE = 8.0  # Flower's defaults, except max_weight
 QUANTIZATION_RANGE = 2**22
@@ -138,13 +142,39 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
     raise _Timeout()
 
 
+def quiet_env() -> None:
+    """No telemetry from Flower or Ray; no accelerator FutureWarning (no GPUs used)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def simulate(server_app: Any, client_app: Any, supernodes: int, total_s: int) -> None:
+    """``run_simulation`` with one CPU per ClientApp actor, bounded by ``total_s`` (SIGALRM)."""
+    import ray
+    from flwr.simulation import run_simulation
+
+    backend: dict[str, dict[str, Any]] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},  # an actor per CPU
+                                          "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "ERROR"}}
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(total_s)
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=supernodes,
+                       backend_config=backend)
+    except _Timeout:
+        raise TimeoutError(f"the Flower simulation did not finish in {total_s} s") from None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def run_flower(data_path: Path, expected: npt.NDArray[np.float64], repeat: int, num_shares: int,
                threshold: int, timeout_s: float) -> FlowerRounds:
     """(repeat + 1) SecAgg+ rounds alternating with as many plain FedAvg rounds in one simulation."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; no GPUs used
-    import ray
+    quiet_env()
     from flwr.app import ArrayRecord
     from flwr.client import ClientApp
     from flwr.common import ndarrays_to_parameters
@@ -153,7 +183,6 @@ def run_flower(data_path: Path, expected: npt.NDArray[np.float64], repeat: int, 
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
     from flwr.server.workflow.default_workflows import default_fit_workflow
-    from flwr.simulation import run_simulation
 
     n = int(np.load(data_path, mmap_mode="r").shape[0])
     zeros = [np.zeros(expected.shape[0], dtype=np.float32)]
@@ -183,21 +212,7 @@ def run_flower(data_path: Path, expected: npt.NDArray[np.float64], repeat: int, 
         DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
     client_app = ClientApp(client_fn=VectorClientFn(str(data_path)), mods=[secaggplus_if_configured])
-    backend: dict[str, dict[str, Any]] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},  # an actor per CPU
-                                          "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "ERROR"}}
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    total_s = int(timeout_s * (4 * 2 * (repeat + 1) + 2))  # every stage of every round, plus start-up
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(total_s)
-    try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend)
-    except _Timeout:
-        raise TimeoutError(f"the Flower simulation did not finish in {total_s} s") from None
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        if ray.is_initialized():
-            ray.shutdown()
+    simulate(server_app, client_app, n, int(timeout_s * (4 * 2 * (repeat + 1) + 2)))  # every stage, + start-up
     done = {k: len(v) for k, v in rounds.seconds.items()}
     if done != {"secagg": repeat + 1, "plain": repeat + 1}:
         raise RuntimeError(f"Flower ran {done} rounds, expected {repeat + 1} of each")
@@ -216,6 +231,7 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
     import flwr
     import ray
 
+    from benchmarks.flower_adapter import run_adapter
     from benchmarks.overhead import make_updates, run_main
 
     updates32 = make_updates(clients, dim, seed=0).astype(np.float32)
@@ -227,11 +243,15 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
         print(f"Flower {flwr.__version__} simulation (Ray {ray.__version__}): {clients} clients, d={dim:,}, "
               f"{repeat} repeats + 1 warm-up, SecAgg+ num_shares={num_shares} threshold={threshold}", flush=True)
         flower = run_flower(data_path, expected, repeat, num_shares, threshold, timeout_s)
+        print(f"Flower + mpc-agg adapter: {clients} clients, {PARTIES} parties, {repeat} repeats + 1 warm-up",
+              flush=True)
+        adapter_s, adapter_err = run_adapter(Path(tmp) / "adapter", data_path, expected, repeat, timeout_s)
         print(f"mpc-agg: {clients} clients, {PARTIES} parties, d={dim:,}, {repeat} repeats + 1 warm-up", flush=True)
         ours = run_main(Path(tmp) / "mpc-agg", updates, PARTIES, repeat, timeout_s)
     samples = {
         "flower_secagg_round_s": flower.seconds["secagg"][1:],
         "flower_plain_round_s": flower.seconds["plain"][1:],
+        "flower_mpc_agg_adapter_round_s": adapter_s[1:],
         "mpc_agg_secure_round_s": [t.total_s for t in ours.secure],
         "mpc_agg_plaintext_round_s": [t.total_s for t in ours.plaintext],
     }
@@ -240,11 +260,14 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
         "status": "ok",
         **med,
         "ratio_flower_secagg_over_mpc_agg_secure": med["flower_secagg_round_s"] / med["mpc_agg_secure_round_s"],
+        "ratio_flower_secagg_over_adapter": med["flower_secagg_round_s"] / med["flower_mpc_agg_adapter_round_s"],
         "max_abs_error": {"flower_secagg": max(flower.errors["secagg"]), "flower_plain": max(flower.errors["plain"]),
+                          "flower_mpc_agg_adapter": max(adapter_err),
                           "mpc_agg_secure": ours.max_abs_error["secure"],
                           "mpc_agg_plaintext": ours.max_abs_error["plaintext"]},
         "samples": samples,
-        "warmup_s": {"flower_secagg": flower.seconds["secagg"][0], "flower_plain": flower.seconds["plain"][0]},
+        "warmup_s": {"flower_secagg": flower.seconds["secagg"][0], "flower_plain": flower.seconds["plain"][0],
+                     "flower_mpc_agg_adapter": adapter_s[0]},
         "params": {"clients": clients, "dim": dim, "repeat": repeat, "parties": PARTIES, "dtype": "float32",
                    "flwr": flwr.__version__, "ray": ray.__version__, "engine": "flwr.simulation.run_simulation (ray)",
                    "client_actor_cpus": 1, "cpus": os.cpu_count(), "num_shares": num_shares,
@@ -260,12 +283,14 @@ def print_report(rep: dict[str, Any]) -> None:
           f"Flower {p['flwr']} SecAgg+ num_shares={p['num_shares']} threshold={p['reconstruction_threshold']}, "
           f"mpc-agg k={p['parties']}")
     labels = {"flower_secagg_round_s": "Flower SecAgg+", "flower_plain_round_s": "Flower plain FedAvg",
+              "flower_mpc_agg_adapter_round_s": "Flower + mpc-agg (adapter)",
               "mpc_agg_secure_round_s": f"mpc-agg secure (k={p['parties']})",
               "mpc_agg_plaintext_round_s": "mpc-agg plaintext"}
-    print(f"{'':24s}{'median':>10s}{'min':>10s}{'max':>10s}")
+    print(f"{'':28s}{'median':>10s}{'min':>10s}{'max':>10s}")
     for key, label in labels.items():
-        print(f"{label:24s}{statistics.median(s[key]):10.3f}{min(s[key]):10.3f}{max(s[key]):10.3f}")
-    print(f"ratio Flower SecAgg+ / mpc-agg secure: {rep['ratio_flower_secagg_over_mpc_agg_secure']:.2f}")
+        print(f"{label:28s}{statistics.median(s[key]):10.3f}{min(s[key]):10.3f}{max(s[key]):10.3f}")
+    print(f"ratio Flower SecAgg+ / mpc-agg secure: {rep['ratio_flower_secagg_over_mpc_agg_secure']:.2f}; "
+          f"Flower SecAgg+ / Flower + mpc-agg (adapter): {rep['ratio_flower_secagg_over_adapter']:.2f}")
     print("max |aggregate - mean|: " + ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_error"].items()))
 
 

@@ -51,9 +51,12 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
     out: dict[str, list[float]] = {"plain": [], "verified": [], "plain_close": [], "verified_close": [],
                                    "plain_bytes": [], "verified_bytes": []}
     with tempfile.TemporaryDirectory(prefix="mpc-agg-normcheck-") as tmp, \
-            LocalDeployment(tmp, parties=parties, clients=clients, min_clients=min(3, clients)) as ld, \
+            LocalDeployment(tmp, parties=parties, clients=clients, min_clients=min(3, clients),
+                            allow_verify_norm=True) as ld, \
             Coordinator.from_config(ld.config) as coord, ThreadPoolExecutor(clients) as pool:
-        cls = [SecureAggClient.from_config(ld.config, f"client-{i}", timeout_s=timeout_s) for i in range(clients)]
+        # the parties (allow_verify_norm) and the clients (min_colluders=2) consent to verified rounds
+        cls = [SecureAggClient.from_config(ld.config, f"client-{i}", timeout_s=timeout_s, min_colluders=2)
+               for i in range(clients)]
         try:
             rid = 0
             for rep in range(repeat + 1):  # the first pair is a warm-up

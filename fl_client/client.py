@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
@@ -25,16 +26,43 @@ from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeErr
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
+from mpc_agg.trust import check_client_consent
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
-__all__ = ["SecureAggClient", "flatten_update"]
+__all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
+
+_TORCH_INTS = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
 
 
-def _to_numpy(v: Any) -> np.ndarray:
+def _to_numpy(name: str, v: Any) -> np.ndarray:
+    """A real-valued float64 array, or EncodingError (strings, objects, complex and booleans are refused)."""
     if hasattr(v, "detach"):
-        v = v.detach().cpu().double().numpy()
-    return np.asarray(v, dtype=np.float64)
+        v = v.detach().cpu()
+        if v.is_complex() or not (v.is_floating_point() or v.dtype in _TORCH_INTS):
+            raise EncodingError(f"{name!r} has dtype {v.dtype}: updates must be real numbers")
+        return v.double().numpy()
+    try:
+        arr = np.asarray(v)
+    except (ValueError, TypeError) as exc:  # e.g. ragged nested lists
+        raise EncodingError(f"{name!r} is not an array of numbers: {exc}") from None
+    if arr.dtype.kind not in "iuf":
+        raise EncodingError(f"{name!r} has dtype {arr.dtype}: updates must be real numbers")
+    return arr.astype(np.float64, copy=False)
+
+
+def clip_to_norm(x: np.ndarray, clip_norm: float) -> np.ndarray:
+    """``x`` scaled down to L2 norm ``clip_norm`` if it is longer (x itself otherwise).
+
+    The norm is taken of ``x / max|x|``, so it cannot overflow: an update of 1e200 is
+    clipped like one of 1.0, never turned into zeros."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    rel = float(np.linalg.norm(x / peak))  # in [1, sqrt(d)]: ||x|| = peak * rel
+    if rel <= clip_norm / peak:
+        return x
+    return (x / peak) * (clip_norm / rel)
 
 
 def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
@@ -45,7 +73,7 @@ def flatten_update(spec: RoundSpec, update: Mapping[str, Any]) -> np.ndarray:
         raise EncodingError(f"update does not match round {spec.round_id}: missing {missing}, unexpected {extra}")
     parts = []
     for name, shape in spec.shapes:
-        arr = _to_numpy(update[name])
+        arr = _to_numpy(name, update[name])
         if tuple(arr.shape) != shape:
             raise EncodingError(f"{name!r} has shape {tuple(arr.shape)}, the round expects {shape}")
         parts.append(arr.reshape(-1))
@@ -59,8 +87,12 @@ class SecureAggClient:
 
     Privacy floors are the client's own (keyword arguments, else its
     ``[[clients]]`` entry): ``submit`` refuses a round whose noise multiplier is
-    below ``min_noise_multiplier``, or that would raise this client's own
-    epsilon (at ``delta``, kept in ``ledger_path`` if given) above ``max_epsilon``.
+    below ``min_noise_multiplier``, that would raise this client's own epsilon
+    (at ``delta``, kept in ``ledger_path``, by default the entry's) above
+    ``max_epsilon``, or that fewer than ``min_colluders`` servers could break
+    (default: only all k parties; verify_norm rounds refused, mpc_agg.trust).
+    A round is charged to the ledger once its report may have reached a party,
+    even when an acknowledgement then times out.
     """
 
     def __init__(
@@ -73,6 +105,7 @@ class SecureAggClient:
         max_epsilon: float | None = None,
         delta: float | None = None,
         ledger_path: str | os.PathLike[str] | None = None,
+        min_colluders: int | None = None,
     ) -> None:
         cfg = deployment.client(client_id)
         secret = read_secret_key(cfg.private_key_file, f"client {client_id}")
@@ -80,7 +113,9 @@ class SecureAggClient:
         self.timeout_s = timeout_s
         self.min_noise_multiplier = cfg.min_noise_multiplier if min_noise_multiplier is None else min_noise_multiplier
         self.max_epsilon = cfg.max_epsilon if max_epsilon is None else max_epsilon
-        self.ledger = PrivacyLedger.open(ledger_path, delta=cfg.delta if delta is None else delta)
+        self.min_colluders = cfg.min_colluders if min_colluders is None else min_colluders
+        self.ledger = PrivacyLedger.open(cfg.ledger_path if ledger_path is None else ledger_path,
+                                         delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
         self._req = [
@@ -129,6 +164,10 @@ class SecureAggClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise ConfigError(f"weight must be a positive finite number, got {weight!r}")
         spec = self.fetch_spec(round_id)
+        if spec.max_weight is not None and weight > spec.max_weight:
+            raise ConfigError(f"weight {weight} exceeds round {round_id}'s max_weight {spec.max_weight}")
+        check_client_consent(spec, parties=len(self._req), min_colluders=self.min_colluders,
+                             who=f"client {self.client_id}")
         if spec.verify_norm and weight != 1.0:
             raise ConfigError("rounds with verify_norm need weight=1.0 (the parties check it)")
         event = self._check_privacy(spec, weight)
@@ -136,19 +175,32 @@ class SecureAggClient:
         if not np.all(np.isfinite(x)):
             raise EncodingError("update contains NaN or infinite values")
         if clip and spec.clip_norm is not None:
-            norm = float(np.linalg.norm(x))
-            if norm > spec.clip_norm:
-                x = x * (spec.clip_norm / norm)
+            x = clip_to_norm(x, spec.clip_norm)
         if event is None:
             ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
             encode(x, spec.frac_bits, scale=weight, out=ring[:-1])
             encode([weight], spec.frac_bits, out=ring[-1:])
         else:
             ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
+        try:
+            return self.upload_encoded(spec, ring)
+        finally:  # delivered, or perhaps delivered before a timeout: spent either way (once per round)
+            if event is not None:
+                self.ledger.record(round_id, event)
+
+    def upload_encoded(self, spec: RoundSpec, ring: np.ndarray) -> str:
+        """Share and upload an already encoded ring vector (``spec.dim`` values, then the weight
+        coordinate), with no check of its contents; returns the report id (hex).
+
+        This is what :meth:`submit` does after clipping and encoding, and what a malicious
+        client can always do: the parties' own checks (SECURITY.md) must not rely on the client's.
+        ``ring`` is overwritten (the leader's share is computed in place)."""
+        if ring.dtype != np.int64 or ring.shape != (spec.dim + 1,):
+            raise EncodingError(f"an encoded report is an int64 vector of {spec.dim + 1} values")
         report_id = os.urandom(16)
-        ctx = ShareContext(round_id, self.client_id, report_id)
+        ctx = ShareContext(spec.round_id, self.client_id, report_id)
         seeds = new_seeds(len(self._req))
-        meta = {"round": round_id, "client": self.client_id, "report_id": report_id.hex(),
+        meta = {"round": spec.round_id, "client": self.client_id, "report_id": report_id.hex(),
                 "spec_digest": spec.digest()}
         deadline = time.monotonic() + self.timeout_s
         # helpers first (tiny seeds), then the leader's share in chunks
@@ -156,8 +208,6 @@ class SecureAggClient:
         self._upload_leader(meta, ring, seeds, ctx, deadline)
         for i, r, rid in rids:
             r.wait(rid, deadline, f"party {i}")
-        if event is not None:
-            self.ledger.record(round_id, event)
         return report_id.hex()
 
     def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
@@ -192,11 +242,11 @@ class SecureAggClient:
             return None
         if weight != 1.0:
             raise ConfigError("noised rounds need weight=1.0 (the DP sensitivity is clip_norm per client)")
-        if spec.clip_norm is None:
+        event = SkellamRound.from_spec(spec)
+        if event is None:
             raise ConfigError("noised rounds need clip_norm")
-        event = SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
         if self.max_epsilon is not None:
-            eps = self.ledger.epsilon_with(event)
+            eps = self.ledger.epsilon_with(event, spec.round_id)
             if eps > self.max_epsilon:
                 raise NoiseFloorError(f"round {spec.round_id} would raise this client's epsilon to {eps:.4g} > "
                                       f"{self.max_epsilon} (delta={self.ledger.delta:g})")

@@ -22,7 +22,8 @@ import torch
 
 from mpc_agg.errors import ConfigError
 
-__all__ = ["load_tokenizer", "build_model", "apply_lora", "trainable_state", "load_trainable", "TINY_CONFIG"]
+__all__ = ["load_tokenizer", "build_model", "check_model_dir", "apply_lora", "trainable_state", "load_trainable",
+           "TINY_CONFIG"]
 
 TINY_CONFIG = Path(__file__).with_name("data") / "tiny_deepseek.json"
 LORA_TARGET_MODULES = ["q_proj", "kv_b_proj", "o_proj"]
@@ -53,6 +54,15 @@ def load_tokenizer(kind: str = "auto") -> Any:
     return ByT5Tokenizer()
 
 
+def check_model_dir(model_path: str | os.PathLike[str]) -> Path:
+    """``model_path`` if it looks like a save_pretrained directory, else ConfigError (reads nothing else)."""
+    p = Path(model_path)
+    if not (p.is_dir() and (p / "config.json").is_file()):
+        raise ConfigError(f"--model {p}: not a Hugging Face model directory (no config.json); "
+                          "give a directory written by save_pretrained")
+    return p
+
+
 def build_model(model_path: str | os.PathLike[str] | None, vocab_size: int, *, seed: int = 0,
                 overrides: dict[str, Any] | None = None) -> Any:
     """Load ``model_path`` (a save_pretrained directory) or build the tiny DeepSeek model (its config
@@ -61,10 +71,7 @@ def build_model(model_path: str | os.PathLike[str] | None, vocab_size: int, *, s
     from transformers import AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
     if model_path is not None:
-        p = Path(model_path)
-        if not (p.is_dir() and (p / "config.json").exists()):
-            raise ConfigError(f"--model {p}: not a Hugging Face model directory (no config.json); "
-                              "give a directory written by save_pretrained")
+        p = check_model_dir(model_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:

@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +35,23 @@ class WorkerConfig:
     lr: float
     seed: int
     plaintext_dir: str | None
+
+
+def _save_plaintext(cfg: WorkerConfig, round_id: int, spec: Any, delta: dict[str, torch.Tensor],
+                    weight: float) -> None:
+    """Save the raw delta with its weight and the factor ``submit`` clipped it by (same norm, same order)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from .client import flatten_update
+
+    scale = 1.0
+    if spec.clip_norm is not None:
+        norm = float(np.linalg.norm(flatten_update(spec, delta)))
+        scale = spec.clip_norm / norm if norm > spec.clip_norm else 1.0
+    save_file({k: v.contiguous() for k, v in delta.items()},
+              str(Path(cfg.plaintext_dir or ".") / f"r{round_id}-{cfg.client_id}.safetensors"),
+              metadata={"weight": repr(weight), "clip_scale": repr(scale)})
 
 
 def client_worker(conn: Connection, cfg: WorkerConfig) -> None:
@@ -75,11 +93,7 @@ def client_worker(conn: Connection, cfg: WorkerConfig) -> None:
                 client.submit(round_id, res.delta, weight=weight)
                 agg = time.perf_counter() - t0
                 if cfg.plaintext_dir:
-                    from safetensors.torch import save_file
-
-                    save_file({k: v.contiguous() for k, v in res.delta.items()},
-                              str(Path(cfg.plaintext_dir) / f"r{round_id}-{cfg.client_id}.safetensors"),
-                              metadata={"weight": repr(weight)})
+                    _save_plaintext(cfg, round_id, spec, res.delta, weight)
                 conn.send(("done", res.train_loss, res.seconds, agg, weight))
     except Exception as exc:  # report any failure to the parent instead of dying silently
         conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc(limit=5)))

@@ -19,10 +19,12 @@ from .errors import (
     EncodingError,
     MpcAggError,
     NoiseFloorError,
+    NoiseRangeError,
     RangeError,
     RefusedError,
     RoundStateError,
     SpecMismatchError,
+    TrustError,
     UnknownClientError,
     WireError,
 )
@@ -58,4 +60,6 @@ __all__ = [
     "CommunicatorError",
     "BudgetExceededError",
     "NoiseFloorError",
+    "NoiseRangeError",
+    "TrustError",
 ]

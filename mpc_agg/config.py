@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import stat
 import tomllib
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 import zmq
 
 from .errors import ConfigError
+from .fixedpoint import MAX_REPORTS_PER_ROUND
 
 __all__ = ["PartyConfig", "ClientConfig", "Deployment", "generate_deployment", "free_ports"]
 
@@ -32,6 +35,10 @@ class PartyConfig:
     private_key_file: Path | None
     min_clients: int
     state_dir: Path
+    allow_verify_norm: bool = False
+    """this party's consent to verify_norm rounds, which lower who must collude (mpc_agg.trust)"""
+    max_reports: int = MAX_REPORTS_PER_ROUND
+    """reports accepted per round (at most MAX_REPORTS_PER_ROUND, so the sum cannot wrap)"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class ClientConfig:
     min_noise_multiplier: float = 0.0
     max_epsilon: float | None = None
     delta: float = 1e-5
+    min_colluders: int | None = None
+    """fewest servers that may recover this client's update; None: all k parties (no verify_norm rounds)"""
+    ledger_path: Path | None = None
+    """this client's privacy ledger (default state/client-<id>/privacy-ledger.json beside the TOML file)"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,10 @@ class Deployment:
             raw = tomllib.loads(p.read_text("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"deployment file {p} not found (create one with `mpc-agg keygen`)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p} is a directory; give the deployment file, e.g. {p / 'deployment.toml'}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read deployment file {p}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
         base = p.parent
@@ -84,6 +99,8 @@ class Deployment:
                     private_key_file=keyfile(s.get("private_key_file")),
                     min_clients=int(s.get("min_clients", 3)),
                     state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
+                    allow_verify_norm=_flag(s.get("allow_verify_norm", False), "allow_verify_norm"),
+                    max_reports=int(s.get("max_reports", MAX_REPORTS_PER_ROUND)),
                 )
                 for s in raw["parties"]
             )
@@ -95,6 +112,8 @@ class Deployment:
                     min_noise_multiplier=float(c.get("min_noise_multiplier", 0.0)),
                     max_epsilon=None if c.get("max_epsilon") is None else float(c["max_epsilon"]),
                     delta=float(c.get("delta", 1e-5)),
+                    min_colluders=None if c.get("min_colluders") is None else int(c["min_colluders"]),
+                    ledger_path=base / str(c.get("ledger_path", f"state/client-{c['id']}/privacy-ledger.json")),
                 )
                 for c in raw.get("clients", [])
             )
@@ -108,6 +127,10 @@ class Deployment:
             raise ConfigError(f"{p}: party ids must be 0..{len(parties) - 1}")
         if any(x.min_clients < 1 for x in parties):
             raise ConfigError(f"{p}: min_clients must be >= 1")
+        if any(not 1 <= x.max_reports <= MAX_REPORTS_PER_ROUND for x in parties):
+            raise ConfigError(f"{p}: max_reports must be in [1, {MAX_REPORTS_PER_ROUND}] (the ring's headroom)")
+        if any(c.min_colluders is not None and c.min_colluders < 2 for c in clients):
+            raise ConfigError(f"{p}: a client's min_colluders must be >= 2 (or absent: all parties)")
         if len({c.id for c in clients}) != len(clients):
             raise ConfigError(f"{p}: duplicate client ids")
         dep = cls(
@@ -142,6 +165,12 @@ class Deployment:
         return self._client_by_key.get(public_key)
 
 
+def _flag(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+    return v
+
+
 def _check_key(z85: str) -> str:
     if len(z85) != 40:
         raise ConfigError(f"a CURVE public key is 40 Z85 characters, got {len(z85)}")
@@ -161,6 +190,8 @@ def read_secret_key(path: Path | None, role: str) -> str:
         text = path.read_text("ascii").strip()
     except FileNotFoundError:
         raise ConfigError(f"private key file {path} for {role} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read private key file {path} for {role}: {getattr(exc, 'strerror', exc)}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"private key file {path} must not be readable by group/others (chmod 600)")
     _check_key(text)
@@ -186,6 +217,28 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string of printable text is a valid TOML basic string
 
 
+_KEY_NAME = re.compile(r"(coordinator|dealer|party-\d+|client-\d+)\.key")
+
+
+def _clear_deployment(out: Path, force: bool) -> None:
+    """Refuse to write over an earlier keygen's output, or (``force``) delete exactly what it wrote."""
+    keys = [p for p in (out / "keys").glob("*.key") if _KEY_NAME.fullmatch(p.name)]
+    states = [p for p in (out / "state").glob("party-*") if p.is_dir()]
+    toml = out / "deployment.toml"
+    found = ([toml] if toml.exists() else []) + keys + states
+    if not found:
+        return
+    if not force:
+        raise ConfigError(f"{out} already holds a deployment ({len(keys)} key files, {len(states)} party state "
+                          "directories); choose another --out, or pass --force to replace it (its keys and "
+                          "party state are deleted)")
+    for p in found:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def generate_deployment(
     out_dir: str | os.PathLike[str],
     *,
@@ -195,16 +248,29 @@ def generate_deployment(
     hosts: Sequence[str] | None = None,
     base_port: int | None = None,
     with_dealer: bool = True,
+    allow_verify_norm: bool = False,
+    force: bool = False,
 ) -> Path:
-    """Write ``out_dir/deployment.toml`` and one 0600 key file per role."""
+    """Write ``out_dir/deployment.toml`` and one 0600 key file per role.
+
+    ``allow_verify_norm`` writes every party's consent to verify_norm rounds (default: none consents).
+    An existing deployment in ``out_dir`` is refused (ConfigError) unless ``force``; then the
+    files an earlier keygen wrote there (deployment.toml, role keys, party state) are deleted
+    first, so no stale round state outlives its keys.  Nothing else in ``out_dir`` is touched."""
     if parties < 2:
         raise ConfigError("at least 2 parties are needed")
     if clients < 0 or min_clients < 1:
         raise ConfigError("clients must be >= 0 and min_clients >= 1")
+    if 0 < clients < min_clients:
+        raise ConfigError(f"{clients} clients can never reach a cohort floor of {min_clients} "
+                          "(--min-clients must be <= --clients)")
     hosts = list(hosts) if hosts else ["127.0.0.1"] * parties
     if len(hosts) != parties:
         raise ConfigError(f"{len(hosts)} hosts given for {parties} parties")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory")
+    _clear_deployment(out, force)
     keys = out / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)
@@ -237,6 +303,7 @@ def generate_deployment(
             f'private_key_file = "keys/party-{i}.key"',
             f"min_clients = {min_clients}",
             f'state_dir = "state/party-{i}"',
+            f"allow_verify_norm = {'true' if allow_verify_norm else 'false'}",
             "",
         ]
     for c in range(clients):

@@ -30,7 +30,7 @@ import zmq
 from .errors import AggregationTimeout, CommunicatorError, WireError
 from .sharing import SEED_BYTES, ShareContext, expand_seed
 from .transport import Requester, SecureContext, recv_authenticated
-from .wire import MsgType, encode_message
+from .wire import MsgType, encode_message, loads_bounded
 
 __all__ = [
     "import_crypten",
@@ -409,16 +409,11 @@ class ZmqCommunicator:
         self._send_raw(dst, {"kind": "obj"}, json.dumps(_obj_encode(obj)).encode())
 
     def recv_obj(self, src: int, group: Any = None) -> Any:
-        import json
-
         self.comm_rounds += 1
         meta, payload = self._recv_raw(src)
         if meta.get("kind") != "obj":
             raise CommunicatorError(f"expected an object from party {src}")
-        try:
-            return _obj_decode(json.loads(bytes(payload)))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WireError(f"bad object payload: {exc}") from None
+        return _obj_decode(loads_bounded(bytes(payload), max_depth=32))  # tagged objects nest twice as deep
 
     def broadcast_obj(self, obj: Any, src: int, group: Any = None) -> Any:
         if self.rank == src:
@@ -468,11 +463,15 @@ class DealerProvider:
     """
 
     NAME = "DEALER"
+    REPLY_MARGIN_S = 1.0
 
     def __init__(self, requester: Requester, *, rank: int, timeout_s: float = 60.0) -> None:
         self.requester = requester
         self.rank = rank
         self.timeout_s = timeout_s
+        self.deadline: float | None = None
+        """monotonic time by which a failure must be known (e.g. a close's deadline): requests give up
+        ``REPLY_MARGIN_S`` before it, so the reason reaches the caller while it still waits"""
         self.session = "init"
         self.seq = 0
 
@@ -483,7 +482,14 @@ class DealerProvider:
     def _request(self, fn: str, **params: Any) -> list[torch.Tensor]:
         self.seq += 1
         meta = {"session": self.session, "seq": self.seq, "fn": fn, "params": _obj_encode(params)}
-        msg = self.requester.request(MsgType.DEALER_REQUEST, meta, timeout_s=self.timeout_s, what="dealer")
+        timeout = self.timeout_s
+        if self.deadline is not None:
+            timeout = max(0.1, min(timeout, self.deadline - time.monotonic() - self.REPLY_MARGIN_S))
+        try:
+            msg = self.requester.request(MsgType.DEALER_REQUEST, meta, timeout_s=timeout, what="dealer")
+        except AggregationTimeout:
+            raise AggregationTimeout(f"the dealer sent no tuples within {timeout:.1f} s: is `mpc-agg dealer` "
+                                     "running and reachable? (it answers once every party has asked)") from None
         metas = msg.meta.get("tensors")
         if not isinstance(metas, list) or len(metas) != len(msg.payloads) or not all(isinstance(m, dict)
                                                                                     for m in metas):

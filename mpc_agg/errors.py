@@ -24,6 +24,8 @@ __all__ = [
     "CommunicatorError",
     "BudgetExceededError",
     "NoiseFloorError",
+    "NoiseRangeError",
+    "TrustError",
     "error_from_code",
 ]
 
@@ -118,6 +120,18 @@ class NoiseFloorError(RefusedError):
     code = "noise_floor"
 
 
+class NoiseRangeError(ConfigError):
+    """A noised round's parameters fall outside the exact noise sampler's range (mpc_agg.noise)."""
+
+    code = "noise_range"
+
+
+class TrustError(RefusedError):
+    """A round weakens who must collude beyond what this party or client consented to (mpc_agg.trust)."""
+
+    code = "trust"
+
+
 class AggregationTimeout(MpcAggError):
     """A party or peer did not answer within the timeout."""
 
@@ -137,6 +151,7 @@ _BY_CODE = {
         RefusedError, SpecMismatchError, UnknownClientError, DuplicateReportError,
         RoundStateError, CohortTooSmallError, AlreadyRevealedError,
         AggregationTimeout, CommunicatorError, BudgetExceededError, NoiseFloorError,
+        NoiseRangeError, TrustError,
     )
 }
 

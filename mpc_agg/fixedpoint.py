@@ -2,8 +2,11 @@
 
 A real ``v`` is encoded as ``round(v * 2**frac_bits)`` read as a two's-complement
 int64.  Rounding is to nearest (ties to even), never truncation, so the error of
-one value is at most ``2**-(frac_bits+1)``.  Values whose encoding could wrap
-when up to ``2**HEADROOM_BITS`` reports are summed raise :class:`RangeError`.
+one value is at most ``2**-(frac_bits+1)``.  An encoded value must be below
+``2**(63 - HEADROOM_BITS)`` in magnitude *after* rounding (else :class:`RangeError`),
+so a sum of up to ``2**HEADROOM_BITS`` reports stays below 2**63 - 2**16 and
+never wraps; parties refuse reports past ``MAX_REPORTS_PER_ROUND`` (the leader
+may hold one more upload in flight, so a sum has at most 2**HEADROOM_BITS terms).
 
 Decoding is our own (DESIGN.md §4: CrypTen 0.4.1's ``FixedPointEncoder.decode``
 mis-decodes some negative values): the signed int64 divided by ``2**frac_bits``.
@@ -19,6 +22,7 @@ from .errors import EncodingError, RangeError
 __all__ = [
     "DEFAULT_FRAC_BITS",
     "HEADROOM_BITS",
+    "MAX_REPORTS_PER_ROUND",
     "max_abs_value",
     "encode",
     "decode",
@@ -31,6 +35,9 @@ HEADROOM_BITS = 16
 """Bits reserved so that sums of up to 65,536 encoded reports never wrap."""
 
 MAX_FRAC_BITS = 62 - HEADROOM_BITS
+
+MAX_REPORTS_PER_ROUND = 2**HEADROOM_BITS - 1
+"""Reports a party accepts per round (one more may be in flight at the leader): the sum cannot wrap."""
 
 
 def _check_frac_bits(frac_bits: int) -> None:
@@ -65,6 +72,7 @@ def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
     for start in range(0, x.size, _BLOCK):
         b = buf[: min(_BLOCK, x.size - start)]
         np.multiply(x[start:start + b.size], factor, out=b)
+        np.rint(b, out=b)  # checked after rounding: 2**47 - 0.3 rounds to 2**47, which is refused
         hi, lo = float(np.max(b)), float(np.min(b))  # NaN or inf fails the finiteness test
         if not (np.isfinite(hi) and np.isfinite(lo)):
             raise EncodingError("cannot encode NaN or infinite values")
@@ -73,7 +81,6 @@ def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
                 f"|value| {max(abs(hi), abs(lo)) / 2**frac_bits:.6g} >= {max_abs_value(frac_bits):.6g}: it would "
                 f"wrap the ring with frac_bits={frac_bits}; lower frac_bits or clip the update"
             )
-        np.rint(b, out=b)
         out[start:start + b.size] = b
     return out
 

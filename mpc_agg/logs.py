@@ -19,10 +19,16 @@ _BARE = re.compile(r"[^\s=\"\\]+")
 _PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
 
 
-def _value(v: Any) -> str:
+MAX_FIELD_CHARS = 512
+"""Longest value written to a log line; longer ones are cut (a peer cannot bloat the log)."""
+
+
+def _value(v: Any, limit: int | None = MAX_FIELD_CHARS) -> str:
     if isinstance(v, float):
         v = f"{v:.6g}"
     s = str(v)
+    if limit is not None and len(s) > limit:
+        s = f"{s[:limit]}...({len(s)} chars)"
     if _BARE.fullmatch(s):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
@@ -61,7 +67,7 @@ class LogfmtFormatter(logging.Formatter):
             msg = f"event=message msg={_value(msg)}"
         line = f"ts={ts} level={record.levelname.lower()} logger={record.name} {msg}"
         if record.exc_info:
-            line += f" exc={_value(self.formatException(record.exc_info))}"
+            line += f" exc={_value(self.formatException(record.exc_info), None)}"
         return line
 
 

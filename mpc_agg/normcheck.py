@@ -13,12 +13,16 @@ number of communication rounds grows with d/chunk, not with n), either
   the dealer (one ``square`` opening per chunk).  Private unless the dealer
   colludes with a party.  Moves k(k-1)·8·d bytes per report,
 
-then four sign tests batched into one CrypTen comparison (binary tuples from the
-dealer; a dealer colluding with a party could learn norms there, not updates):
+and, in the same pass over the shares, each party's share of r = 40 random ternary
+projections y_tj = <z_t, x_j> (mpc_agg.wraptest: the seed is drawn by the parties
+after the reports are fixed).  Then the sign tests of all reports go into one
+batched CrypTen comparison (binary tuples from the dealer; a dealer colluding with a
+party could learn norms there, not updates):
 
-    S_j >= 0,  S_j <= bound,  W_j >= 2**f,  W_j <= 2**f
+    S_j >= 0,  S_j <= bound,  W_j >= 2**f,  W_j <= 2**f,  |y_tj| <= T  (t < r)
 
-and reveal only their product: accept or reject.  No party sees a norm.
+and one more comparison reveals only whether all of them hold: accept or reject.
+No party sees a norm or a projection.
 
 ``norm_bound`` is the squared bound in ring units (scale 2**(2f)).  It covers the
 vector *as shared*: clipped to C, rounded, and, in noised rounds, with the
@@ -32,10 +36,11 @@ separated from the update).  Slack, each term documented:
 
 So without noise the bound is tight (C plus rounding); with noise a client can
 hide at most about the noise's own magnitude, which no check on a noised
-vector can avoid.  Verified rounds need weight 1 (checked).  Not defended: a
-client that crafts coordinates >= 2**31 ring units can make S_j wrap modulo
-2**64; excluding that needs per-coordinate range proofs (as in Prio3), which
-this check does not do.
+vector can avoid.  Verified rounds need weight 1 (checked).  A client that crafts
+coordinates whose squares wrap modulo 2**64 (S_j small although the true norm is
+huge) fails the projection tests except with probability 2**-40 (soundness argument
+in mpc_agg.wraptest and docs/wraptest.md); rounds whose bound makes that argument
+fail are refused when the spec is made (ConfigError).
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import wraptest
 from .dp import rounded_norm_bound
 from .errors import ConfigError
 
-__all__ = ["norm_bound", "verify_norms", "CHUNK_ELEMENTS"]
+__all__ = ["norm_bound", "verify_norms", "check_weights", "CHUNK_ELEMENTS"]
 
 CHUNK_ELEMENTS = 1 << 21
 """Ring elements per MPC batch (reports x coordinates): bounds memory, sets the round count."""
@@ -68,7 +74,7 @@ def norm_bound(*, clip_norm: float, frac_bits: int, dim: int, noise_variance: fl
 
 
 def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim: int, *,
-                 bound: int, frac_bits: int,
+                 bound: int, frac_bits: int, wrap_seed: bytes,
                  next_rows: Callable[[int, int, np.ndarray], np.ndarray] | None = None) -> list[bool]:
     """Accept/reject bits for ``reports`` shared vectors of ``dim`` values (+ weight at index ``dim``).
 
@@ -76,19 +82,22 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     coordinates ``start .. start+count``.  Must run on every party at once inside an active
     CrypTen session (:func:`mpc_agg.crypten_glue.activate`) with the dealer provider.
 
+    ``wrap_seed`` (the same at every party, drawn after the reports were fixed) makes the
+    wraparound tests' projections (mpc_agg.wraptest), computed in the same pass over the shares.
+
     ``next_rows`` (k = 3 only) switches the squares to replicated sharing: given the same chunk
     of this party's shares, it returns party (i+1) mod 3's shares of it, and the squared norm's
     share is computed locally as ``sum(s_i * (s_i + 2 * s_next))`` (the three terms add up to
     (s_0 + s_1 + s_2)**2; Araki et al., CCS 2016, 2-out-of-3 sharing) with no Beaver opening.
     """
-    import crypten
-    from crypten.mpc import MPCTensor
     from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
 
     if reports == 0:
         return []
-    step = max(2, (CHUNK_ELEMENTS // reports) & ~1)  # even: keystream slices start on AES blocks
+    limit = wraptest.check_fits(bound)
+    step = max(64, (CHUNK_ELEMENTS // reports) & ~63)  # keystream slices start on AES blocks
     total = torch.zeros(reports, dtype=torch.int64)
+    proj = np.zeros((wraptest.TESTS, reports), dtype=np.int64)
     for start in range(0, dim, step):
         count = min(step, dim - start)
         mine = read_chunk(start, count)
@@ -97,11 +106,46 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
         else:
             x = ArithmeticSharedTensor.from_shares(torch.from_numpy(mine), precision=0)
             total += beaver.square(x).share.sum(dim=1)
+        for off in range(0, count, wraptest.BLOCK):
+            c = min(wraptest.BLOCK, count - off)
+            proj += wraptest.project(wraptest.ternary(wrap_seed, start + off, c), mine[:, off:off + c])
     weight = torch.from_numpy(read_chunk(dim, 1)[:, 0].copy())
+    one = 1 << frac_bits
+    return _all_nonnegative(total, weight, torch.from_numpy(proj), bound=bound, one=one, limit=limit)
+
+
+def _all_nonnegative(total: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, *, bound: int, one: int,
+                     limit: int) -> list[bool]:
+    """One batched comparison of every test of every report (each must be >= 0), then one more that
+    reveals only whether all of a report's tests passed:
+
+        S_j >= 0,  bound - S_j >= 0,  W_j - 2**f >= 0,  2**f - W_j >= 0,
+        y_tj + T >= 0,  T - y_tj >= 0   (t < r, the wraparound tests)."""
+    import crypten
+    from crypten.mpc import MPCTensor
+
     s = MPCTensor.from_shares(total, precision=0)
     w = MPCTensor.from_shares(weight, precision=0)
-    one = 1 << frac_bits
-    tests = crypten.stack([s, bound - s, w - one, one - w])  # all >= 0 for an honest report
-    ok = 1 - tests._ltz()
-    accepted = ok[0] * ok[1] * ok[2] * ok[3]
+    y = MPCTensor.from_shares(proj, precision=0)  # (tests, reports)
+    tests = crypten.cat([crypten.stack([s, bound - s, w - one, one - w]), y + limit, limit - y], dim=0)
+    passed = (1 - tests._ltz()).sum(dim=0)  # per report: how many of its tests hold
+    accepted = 1 - (passed - tests.size(0))._ltz()  # all of them, and nothing else revealed
     return [bool(v) for v in accepted.reveal().tolist()]
+
+
+def check_weights(weights: np.ndarray, *, bound: int) -> list[bool]:
+    """Accept/reject bits: is each report's shared weight coordinate W_j in [1, bound] (ring units)?
+
+    ``weights`` is this party's int64 share of each W_j.  The two sign tests
+    W_j - 1 >= 0 and bound - W_j >= 0 are one batched CrypTen comparison (dealer
+    tuples, as above); only their product is revealed.  A single ring element
+    compared by its sign cannot wrap: every int64 value outside [1, bound] fails.
+    Must run on every party at once inside an active CrypTen session."""
+    import crypten
+    from crypten.mpc import MPCTensor
+
+    if weights.size == 0:
+        return []
+    w = MPCTensor.from_shares(torch.from_numpy(np.ascontiguousarray(weights, dtype=np.int64)), precision=0)
+    ok = 1 - crypten.stack([w - 1, bound - w])._ltz()
+    return [bool(v) for v in (ok[0] * ok[1]).reveal().tolist()]

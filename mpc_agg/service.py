@@ -5,6 +5,9 @@ payloads)``, or None for a request they answer later with :meth:`Service.answer`
 a handler's typed error becomes an ERROR reply with its code, a malformed frame a
 ``wire`` ERROR, and the process keeps serving either way.
 ``stop()`` (e.g. from SIGTERM) drains queued requests, then ends ``serve()``.
+An optional ``validate`` hook (a party's request schemas, mpc_agg.messages) runs
+before the handler.  No exception raised while one message is handled ends the
+loop: it is answered (where the sender is known), logged once and counted.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ class Service:
     drain_idle_s = 0.2
     health_interval_s = 60.0
 
-    def __init__(self, sctx: SecureContext, sock: zmq.Socket, handlers: dict[MsgType, Handler], name: str) -> None:
+    def __init__(self, sctx: SecureContext, sock: zmq.Socket, handlers: dict[MsgType, Handler], name: str, *,
+                 validate: Callable[[str, Message], None] | None = None) -> None:
         self.sctx, self.sock, self.handlers, self.name = sctx, sock, handlers, name
+        self.validate = validate
         self._stop = False
         self._routing_id = b""
         self.started = time.monotonic()
@@ -76,21 +81,33 @@ class Service:
         next_health = time.monotonic() + self.health_interval_s
         try:
             while not self._stop:
-                if self.sock.poll(200, zmq.POLLIN):
-                    self.handle_one()
-                self.tick()
+                self._step(200)
                 if time.monotonic() >= next_health:
                     event(self.log, "health", **self.health())
                     next_health = time.monotonic() + self.health_interval_s
             drained, deadline = 0, time.monotonic() + self.drain_s
-            while time.monotonic() < deadline and self.sock.poll(int(self.drain_idle_s * 1000), zmq.POLLIN):
-                self.handle_one()
-                self.tick()
+            while time.monotonic() < deadline and self._step(int(self.drain_idle_s * 1000)):
                 drained += 1
             event(self.log, "drained", service=self.name, requests=drained)
         finally:
             event(self.log, "stop", service=self.name, **self.counters)
             self.close()
+
+    def _step(self, poll_ms: int) -> bool:
+        """Serve at most one message, then tick; True if a message was there.  Never raises (but ZMQ's
+        context termination): a failure is logged and counted and the next message is served."""
+        got = False
+        try:
+            got = bool(self.sock.poll(poll_ms, zmq.POLLIN))
+            if got:
+                self.handle_one()
+            self.tick()
+        except zmq.ContextTerminated:
+            raise
+        except Exception:
+            self.counters["internal_errors"] += 1
+            event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name, stage="loop")
+        return got
 
     def close(self) -> None:
         self.sctx.close()
@@ -108,8 +125,14 @@ class Service:
             self.reply_error(getattr(exc, "routing_id", None), None, exc)
             return
         handler = self.handlers.get(msg.type)
-        self.answer(routing_id, identity, msg, lambda: self._no_handler(msg) if handler is None
-                    else handler(identity, msg))
+
+        def work() -> Reply | None:
+            if handler is None:
+                return self._no_handler(msg)
+            if self.validate is not None:
+                self.validate(identity, msg)
+            return handler(identity, msg)
+        self.answer(routing_id, identity, msg, work)
 
     @staticmethod
     def _no_handler(msg: Message) -> Reply:
@@ -126,13 +149,13 @@ class Service:
             self.counters["refused"] += 1
             event(self.log, "refused", service=self.name, identity=identity, type=msg.type.name, code=exc.code,
                   reason=exc)
-            self.reply_error(routing_id, msg.meta.get("rid"), exc)
+            self.reply_error(routing_id, self._rid(msg), exc)
             return
         except Exception as exc:  # a bug or a library failure must not take the service down
             self.counters["internal_errors"] += 1
             event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name, identity=identity,
                   type=msg.type.name)
-            self.reply_error(routing_id, msg.meta.get("rid"),
+            self.reply_error(routing_id, self._rid(msg),
                              MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
             return
         finally:
@@ -140,7 +163,13 @@ class Service:
         if result is not None:
             self.counters["handled"] += 1
             mtype, meta, payloads = result
-            self.reply(routing_id, mtype, {**meta, "rid": msg.meta.get("rid")}, payloads)
+            self.reply(routing_id, mtype, {**meta, "rid": self._rid(msg)}, payloads)
+
+    @staticmethod
+    def _rid(msg: Message) -> str | None:
+        """The request id to echo: only a short string (anything else is not repeated back)."""
+        rid = msg.meta.get("rid")
+        return rid if isinstance(rid, str) and len(rid) <= 64 else None
 
     def reply(self, routing_id: bytes, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> None:
         self.sock.send_multipart([routing_id, *encode_message(mtype, meta, payloads)], copy=False)

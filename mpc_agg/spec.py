@@ -3,6 +3,12 @@
 The spec is canonicalised (sorted tensor names, JSON with sorted keys) and
 hashed with SHA-256; clients compare the hash across all parties before they
 submit, so a coordinator cannot give parties different specs unnoticed.
+
+A spec states what a round's privacy rests on: ``parties`` and ``colluders``
+(mpc_agg.trust: the fewest servers whose coalition recovers an update) and, in
+noised rounds, ``min_honest`` (clients assumed to add their noise; mpc_agg.dp).
+Noised rounds must keep each client's noise in the exact sampler's range
+(mpc_agg.noise); ``frac_bits=None`` picks the finest grid that does.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, WireError
-from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS
+from . import noise, trust
+from .errors import ConfigError, NoiseRangeError, WireError
+from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS, max_abs_value
 from .wire import PROTOCOL_VERSION
 
 __all__ = ["RoundSpec"]
@@ -33,6 +40,13 @@ class RoundSpec:
     noise_multiplier: float = 0.0
     frac_bits: int = DEFAULT_FRAC_BITS
     verify_norm: bool = False
+    max_weight: float | None = None
+    """Largest weight a report may carry (None: the largest encodable); the parties drop reports
+    whose weight is not in (0, max_weight] before the reveal (needs the dealer)."""
+    min_honest: int | None = None
+    """clients assumed to add their share of the noise (None: min_clients, resolved on construction)"""
+    parties: int | None = None
+    """k, the number of parties (set by the coordinator; parties and clients check it)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
@@ -59,20 +73,42 @@ class RoundSpec:
             raise ConfigError("noise needs clip_norm: the noise scale is noise_multiplier * clip_norm")
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= MAX_FRAC_BITS:
             raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}]")
+        if self.max_weight is not None and not (
+                math.isfinite(self.max_weight) and 0 < self.max_weight < max_abs_value(self.frac_bits)):
+            raise ConfigError(f"max_weight must be in (0, {max_abs_value(self.frac_bits):g}) at frac_bits "
+                              f"{self.frac_bits}")
+        if self.min_honest is None:
+            object.__setattr__(self, "min_honest", self.min_clients)  # frozen: resolved once, here
+        if not (isinstance(self.min_honest, int) and 1 <= self.min_honest <= self.min_clients):
+            raise ConfigError("min_honest must be an int in [1, min_clients]")
+        if self.parties is not None and not (isinstance(self.parties, int) and self.parties >= 2):
+            raise ConfigError("parties must be an int >= 2")
+        if self.noise_multiplier > 0 and self.clip_norm is not None:
+            noise.check_noise_range(self.noise_multiplier, self.clip_norm, self.frac_bits, self.noise_clients)
         if self.verify_norm:
             if self.clip_norm is None:
                 raise ConfigError("verify_norm needs clip_norm")
             self.norm_bound()
 
+    def weight_bound(self) -> int:
+        """The largest weight coordinate (ring units) a report may carry: max_weight * 2**frac_bits."""
+        top = max_abs_value(self.frac_bits) if self.max_weight is None else self.max_weight
+        return int(math.floor(top * 2.0**self.frac_bits))
+
     def norm_bound(self) -> int:
         """Squared-norm bound (ring units) the parties check in verified rounds (mpc_agg.normcheck)."""
         from .normcheck import norm_bound
+        from .wraptest import check_fits
 
         if self.clip_norm is None:
             raise ConfigError("verify_norm needs clip_norm")
-        client_var = (self.noise_multiplier * self.clip_norm * 2.0**self.frac_bits) ** 2 / self.min_clients
-        return norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
-                          noise_variance=client_var)
+        client_var = noise.client_variance(self.noise_multiplier, self.clip_norm, self.frac_bits, self.noise_clients)
+        if client_var:
+            client_var = 2.0 * noise.poisson_lambda(client_var)  # what the sampler draws (rounded up)
+        bound = norm_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, dim=self.dim,
+                           noise_variance=client_var)
+        check_fits(bound)  # the wraparound tests must be sound at this bound (mpc_agg.wraptest)
+        return bound
 
     @classmethod
     def create(
@@ -85,24 +121,54 @@ class RoundSpec:
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
         verify_norm: bool = False,
+        max_weight: float | None = None,
+        min_honest: int | None = None,
+        parties: int | None = None,
     ) -> "RoundSpec":
+        """``frac_bits=None``: DEFAULT_FRAC_BITS, or in noised rounds the largest value that keeps
+        each client's noise in the exact sampler's range (NoiseRangeError if none does); in verified
+        rounds, the largest such value at which the wraparound tests are sound (mpc_agg.wraptest)."""
+        candidates = [frac_bits]
+        if frac_bits is None and noise_multiplier > 0 and clip_norm is not None:
+            honest = min_clients if min_honest is None else min_honest
+            fits = noise.noised_frac_bits(float(noise_multiplier), float(clip_norm), honest, MAX_FRAC_BITS) \
+                if isinstance(honest, int) and honest >= 1 else [DEFAULT_FRAC_BITS]
+            if not fits:
+                raise NoiseRangeError(f"no frac_bits keeps the noise of z={noise_multiplier}, C={clip_norm} "
+                                      "in the exact sampler's range: change noise_multiplier * clip_norm")
+            candidates = sorted(fits, reverse=True) if verify_norm else [max(fits)]
+        elif frac_bits is None and verify_norm:
+            candidates = list(range(DEFAULT_FRAC_BITS, 7, -1))
         try:
             norm = tuple(sorted((str(k), tuple(int(s) for s in v)) for k, v in shapes.items()))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"shapes must map names to tuples of ints: {exc}") from None
-        return cls(
-            round_id=round_id,
-            shapes=norm,
-            min_clients=min_clients,
-            clip_norm=None if clip_norm is None else float(clip_norm),
-            noise_multiplier=float(noise_multiplier),
-            frac_bits=DEFAULT_FRAC_BITS if frac_bits is None else frac_bits,
-            verify_norm=bool(verify_norm),
-        )
+        def make(f: int | None) -> "RoundSpec":
+            return cls(round_id=round_id, shapes=norm, min_clients=min_clients,
+                       clip_norm=None if clip_norm is None else float(clip_norm),
+                       noise_multiplier=float(noise_multiplier), frac_bits=DEFAULT_FRAC_BITS if f is None else f,
+                       verify_norm=bool(verify_norm), max_weight=None if max_weight is None else float(max_weight),
+                       min_honest=min_honest, parties=parties)
+        for f in candidates[:-1]:
+            try:
+                return make(f)
+            except ConfigError:  # e.g. the wraparound tests unsound at this grid: try a coarser one
+                continue
+        return make(candidates[-1])
 
     @property
     def dim(self) -> int:
         return sum(math.prod(s) for _, s in self.shapes)
+
+    @property
+    def noise_clients(self) -> int:
+        """How many clients' noise adds up to the target variance (min_honest, resolved)."""
+        return self.min_clients if self.min_honest is None else self.min_honest
+
+    @property
+    def colluders(self) -> int | None:
+        """The fewest servers whose coalition recovers an update (None when ``parties`` is unset)."""
+        return None if self.parties is None else trust.colluders(self.parties, self.verify_norm)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +180,10 @@ class RoundSpec:
             "noise_multiplier": self.noise_multiplier,
             "frac_bits": self.frac_bits,
             "verify_norm": self.verify_norm,
+            "max_weight": self.max_weight,
+            "min_honest": self.noise_clients,
+            "parties": self.parties,
+            "colluders": self.colluders,
         }
 
     @classmethod
@@ -121,7 +191,7 @@ class RoundSpec:
         try:
             if obj["version"] != PROTOCOL_VERSION:
                 raise WireError(f"spec version {obj['version']!r} unsupported")
-            return cls(
+            spec = cls(
                 round_id=int(obj["round_id"]),
                 shapes=tuple((str(n), tuple(int(x) for x in s)) for n, s in obj["shapes"]),
                 min_clients=int(obj["min_clients"]),
@@ -129,11 +199,19 @@ class RoundSpec:
                 noise_multiplier=float(obj["noise_multiplier"]),
                 frac_bits=int(obj["frac_bits"]),
                 verify_norm=bool(obj["verify_norm"]),
+                max_weight=None if obj.get("max_weight") is None else float(obj["max_weight"]),
+                min_honest=int(obj["min_honest"]),
+                parties=None if obj["parties"] is None else int(obj["parties"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed round spec: {exc!r}") from None
+        except NoiseRangeError:
+            raise
         except ConfigError as exc:
             raise WireError(f"invalid round spec: {exc}") from None
+        if obj["colluders"] != spec.colluders:
+            raise WireError(f"round spec states colluders={obj['colluders']!r}, its parameters give {spec.colluders}")
+        return spec
 
     def digest(self) -> str:
         canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()

@@ -3,20 +3,24 @@
 Layout under a party's ``state_dir``::
 
     round-<id>/spec.json      the round's spec (written before OPEN is acknowledged)
-    round-<id>/reports.log    append-only records, one per acknowledged report:
-                              b"RPT3" | u32 header length | JSON header {report, client, len} | material
-                              | CRC-32 of the material (u32, written last)
+    round-<id>/reports.log    records, one per report, each reserved whole when the report starts:
+                              b"RPT4" | u32 header length | JSON header {report, client, len} | material
+                              | CRC-32 of the material (u32) | b"DONE" (the trailer, written last)
     round-<id>/revealed       marker: the round's sum share was released (never again), with the
                               cohort and every report id; the log is deleted then
 
 ``spec.json`` and ``revealed`` are written to a temporary name, fsync'ed and
-renamed.  A report's record may be appended in chunks (the leader receives its
-share in chunks, one report at a time); its checksum is appended and the log
-fsync'ed (no new directory entry; one fsync may cover several reports: group
-commit) before the party acknowledges it.
-So a report a client saw acknowledged survives ``kill -9``; a torn tail (a
-crash, or a client gone mid-upload) is recognised by its length or checksum,
-never taken for a report, and cut off when the round is loaded again.
+renamed.  A report's record is reserved at the end of the log when its upload
+starts (header written, the file extended by its length), so several uploads
+can be written at once, each at its own offsets; the trailer is written and the
+log fsync'ed (no new directory entry; one fsync may cover several reports: group
+commit) before the party acknowledges it.  So a report a client saw
+acknowledged survives ``kill -9``.  A record without its trailer (an upload
+aborted, or in progress at a crash) is skipped when the log is read; a torn
+tail (a crash while reserving) is cut off when the round is loaded again.
+
+Everything is private to the party's user: directories 0700, files 0600,
+whatever the umask; a state_dir that group or others can read is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ConfigError
 from .spec import RoundSpec
 
 __all__ = ["StoredReport", "StoredRound", "RoundStore", "ReportWriter"]
@@ -42,9 +47,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _private_file(path: Path, flags: int) -> int:
+    """Open (creating) ``path`` with mode 0600 whatever the umask; returns the fd."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(_private_file(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -52,9 +69,11 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
-RECORD_MAGIC = b"RPT3"
+RECORD_MAGIC = b"RPT4"
+_OLD_MAGIC = b"RPT3"  # before parallel uploads: CRC-32 trailer only, records appended whole
 _LEN = struct.Struct(">I")
 _CRC = struct.Struct(">I")
+_DONE = b"DONE"
 
 
 @dataclass(frozen=True)
@@ -79,20 +98,26 @@ class RoundStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.exists():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(root)
+        if root.stat().st_mode & 0o077:
+            raise ConfigError(f"state_dir {root} is accessible to group/others (mode "
+                              f"{root.stat().st_mode & 0o777:o}); it holds shares: chmod 700 it")
 
     def round_dir(self, round_id: int) -> Path:
         return self.root / f"round-{round_id}"
 
     def create_round(self, spec: RoundSpec) -> Path:
         rdir = self.round_dir(spec.round_id)
-        rdir.mkdir(exist_ok=True)
-        (rdir / "reports.log").touch()
+        _private_dir(rdir)
+        os.close(_private_file(rdir / "reports.log", os.O_WRONLY))
         _write_atomic(rdir / "spec.json", json.dumps(spec.to_json()).encode())
         return rdir
 
     def begin_report(self, rdir: Path, report_hex: str, client: str, length: int) -> "ReportWriter":
-        """Start appending one report's record; its material follows in :meth:`ReportWriter.write` calls."""
+        """Reserve one report's record at the end of the log; its material follows in
+        :meth:`ReportWriter.write` calls (several writers may be open at once)."""
         return ReportWriter(rdir / "reports.log", report_hex, client, length)
 
     def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview, *,
@@ -138,10 +163,14 @@ class RoundStore:
 
     @staticmethod
     def _records(path: Path) -> tuple[list[StoredReport], int]:
-        """Stream a report log: (intact records, byte length of the intact prefix)."""
+        """Scan a report log: (committed records, byte length of the well-formed prefix).
+
+        A record without its trailer (aborted, or unfinished at a crash) is skipped; scanning
+        stops at the first record that does not fit in the file (a torn tail)."""
         out: list[StoredReport] = []
         if not path.exists():
             return out, 0
+        size = path.stat().st_size
         with open(path, "rb") as f:
             while True:
                 pos = f.tell()
@@ -149,21 +178,22 @@ class RoundStore:
                 if not head:
                     return out, pos
                 try:
-                    if len(head) < 8 or head[:4] != RECORD_MAGIC:
+                    if len(head) < 8 or head[:4] not in (RECORD_MAGIC, _OLD_MAGIC):
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
                     length, crc = int(header["len"]), 0
-                    start, left = pos + 8 + hlen, length
-                    while left:
-                        data = f.read(min(left, 1 << 20))
-                        if not data:
-                            raise ValueError("truncated material")
-                        crc = zlib.crc32(data, crc)
-                        left -= len(data)
-                    if f.read(_CRC.size) != _CRC.pack(crc):
-                        raise ValueError("checksum mismatch")
-                    out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
+                    start = pos + 8 + hlen
+                    trailer = _CRC.size + (len(_DONE) if head[:4] == RECORD_MAGIC else 0)
+                    if start + length + trailer > size:
+                        raise ValueError("record runs past the end of the log")
+                    for at in range(0, length, 1 << 20):
+                        crc = zlib.crc32(f.read(min(1 << 20, length - at)), crc)
+                    tail = f.read(trailer)
+                    if tail == _CRC.pack(crc) + (_DONE if trailer > _CRC.size else b""):
+                        out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
+                    elif head[:4] == _OLD_MAGIC:
+                        raise ValueError("checksum mismatch")  # old logs were appended whole: a torn tail
                 except (ValueError, KeyError, TypeError, struct.error):
                     return out, pos
 
@@ -193,18 +223,17 @@ class RoundStore:
 
 
 class ReportWriter:
-    """Appends one report's record: header now, material in order, checksum and fsync at :meth:`commit`.
-
-    Only one writer per round log may be open at a time (the leader admits one upload at a time).
-    """
+    """Writes one report's reserved record: material in order, then the trailer at :meth:`commit`."""
 
     def __init__(self, path: Path, report_hex: str, client: str, length: int) -> None:
         header = json.dumps({"report": report_hex, "client": client, "len": length}).encode()
         self.report, self.client, self.length = report_hex, client, length
-        self._f = open(path, "ab")
-        self.start = self._f.tell()
-        self._f.write(RECORD_MAGIC + _LEN.pack(len(header)) + header)
+        self._fd = _private_file(path, os.O_RDWR)
+        self.start = os.lseek(self._fd, 0, os.SEEK_END)
         self.offset = self.start + 8 + len(header)
+        self.end = self.offset + length + _CRC.size + len(_DONE)
+        os.pwrite(self._fd, RECORD_MAGIC + _LEN.pack(len(header)) + header, self.start)
+        os.ftruncate(self._fd, self.end)  # reserved (sparse); the zero trailer marks it unfinished
         self.written = 0
         self._crc = 0
 
@@ -212,29 +241,27 @@ class ReportWriter:
         n = memoryview(data).nbytes
         if self.written + n > self.length:
             raise ValueError("more material than the record announced")
-        self._f.write(data)
+        os.pwrite(self._fd, data, self.offset + self.written)
         self._crc = zlib.crc32(data, self._crc)
         self.written += n
 
     def commit(self, *, sync: bool = True) -> StoredReport:
-        """Seal the record; with ``sync`` fsync the log too (else :meth:`RoundStore.sync` must run before
+        """Write the trailer; with ``sync`` fsync the log too (else :meth:`RoundStore.sync` must run before
         the report is acknowledged).  Once synced the report survives a crash."""
         if self.written != self.length:
             raise ValueError("record is incomplete")
-        self._f.write(_CRC.pack(self._crc))
-        self._f.flush()
+        os.pwrite(self._fd, _CRC.pack(self._crc) + _DONE, self.offset + self.length)
         if sync:
-            os.fsync(self._f.fileno())
-        self._f.close()
+            os.fsync(self._fd)
+        os.close(self._fd)
         return StoredReport(self.report, self.client, self.offset, self.length)
 
     def material(self) -> StoredReport:
         """Where the material written so far lies (for reading it back before an abort)."""
-        self._f.flush()
         return StoredReport(self.report, self.client, self.offset, self.written)
 
     def abort(self) -> None:
-        """Cut the unfinished record off the log (nothing of it was acknowledged)."""
-        self._f.flush()
-        self._f.truncate(self.start)
-        self._f.close()
+        """Leave the record unfinished (skipped when read); cut it off if nothing was reserved after it."""
+        if os.fstat(self._fd).st_size == self.end:
+            os.ftruncate(self._fd, self.start)
+        os.close(self._fd)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from .errors import AggregationTimeout, WireError, error_from_code
+from .errors import AggregationTimeout, ConfigError, WireError, error_from_code
 from .wire import Message, MsgType, decode_message, encode_message
 
 __all__ = ["SecureContext", "Requester", "recv_authenticated", "DEFAULT_MAX_MESSAGE"]
@@ -68,8 +68,12 @@ class SecureContext:
         s.zap_domain = domain.encode("ascii")
         s.setsockopt(zmq.MAXMSGSIZE, max_message)
         s.linger = 1000
-        s.bind(endpoint)
         self._sockets.append(s)
+        try:
+            s.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = " (is another process already listening there?)" if exc.errno == zmq.EADDRINUSE else ""
+            raise ConfigError(f"cannot listen on {endpoint}: {zmq.strerror(exc.errno)}{hint}") from None
         return s
 
     def client(
@@ -145,7 +149,9 @@ class Requester:
             if msg.meta.get("rid") != rid:
                 continue  # a late answer to an earlier request
             if msg.type == MsgType.ERROR:
-                raise error_from_code(str(msg.meta.get("code")), f"{what}: {msg.meta.get('message')}")
+                text = str(msg.meta.get("message"))  # prefixed with who answered, once
+                raise error_from_code(str(msg.meta.get("code")), text if text.startswith(f"{what}:") else
+                                      f"{what}: {text}")
             return msg
 
     def request(

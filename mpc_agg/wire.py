@@ -9,11 +9,18 @@ A message is a ZeroMQ multipart message::
              flags              u16  (must be 0)
              meta_len           u32  (length of frame 1)
              n_payloads         u32  (number of frames after frame 1)
-    frame 1  metadata: UTF-8 JSON object, at most MAX_META_BYTES
+    frame 1  metadata: UTF-8 JSON object, at most meta_limit(type) bytes
     frame 2+ raw payloads (little-endian arrays or seeds), each <= max_payload
 
 No pickle ever: metadata is JSON, bulk data raw bytes interpreted by the
 receiving handler against the round spec.  Any violation raises WireError.
+
+Metadata is parsed by :func:`loads_bounded`, which cannot be crashed: nesting
+deeper than MAX_DEPTH is refused before the parser runs, integers longer than
+MAX_INT_DIGITS, NaN/Infinity and duplicate keys are refused.  Message types that a
+client may send to be queued or held (SECURITY.md, "Limits") have a small
+metadata cap, SMALL_META_BYTES.  Per-type field schemas are in
+:mod:`mpc_agg.messages`.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from .errors import WireError
 
 __all__ = [
@@ -31,18 +40,28 @@ __all__ = [
     "MAGIC",
     "HEADER",
     "MAX_META_BYTES",
+    "SMALL_META_BYTES",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
     "UPLOAD_WINDOW",
     "DEFAULT_MAX_PAYLOAD",
     "MsgType",
     "Message",
     "encode_message",
     "decode_message",
+    "loads_bounded",
+    "meta_limit",
 ]
 
 PROTOCOL_VERSION = 1
 MAGIC = b"MPAG"
 HEADER = struct.Struct(">4sBBHII")
 MAX_META_BYTES = 1 << 20
+SMALL_META_BYTES = 4096
+"""Metadata cap of the requests a party may queue or hold (REPORT*, GET_SPEC, CLOSE_ROUND)."""
+MAX_DEPTH = 8
+"""Deepest nesting of JSON objects/arrays accepted in metadata (ours never exceeds 5)."""
+MAX_INT_DIGITS = 40
 DEFAULT_MAX_PAYLOAD = 1 << 31
 MAX_PAYLOADS = 64
 UPLOAD_WINDOW = 2
@@ -66,6 +85,68 @@ class MsgType(enum.IntEnum):
     DEALER_REPLY = 12
     REPORT_BEGIN = 13
     REPORT_CHUNK = 14
+
+
+_SMALL_META = {MsgType.GET_SPEC, MsgType.REPORT, MsgType.REPORT_BEGIN, MsgType.REPORT_CHUNK, MsgType.CLOSE_ROUND}
+
+
+def meta_limit(mtype: MsgType) -> int:
+    """Largest metadata frame accepted for ``mtype`` (small for what a party may hold per client)."""
+    return SMALL_META_BYTES if mtype in _SMALL_META else MAX_META_BYTES
+
+
+def _max_depth(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, outside strings; linear time, vectorised, no recursion."""
+    t = np.frombuffer(raw, dtype=np.uint8)
+    if t.size == 0:
+        return 0
+    pos = np.arange(t.size)
+    # a quote is escaped when an odd run of backslashes precedes it
+    last_other = np.maximum.accumulate(np.where(t != 0x5C, pos, -1))
+    run = np.empty(t.size, dtype=np.int64)
+    run[0] = 0
+    run[1:] = pos[:-1] - last_other[:-1]
+    quote = (t == 0x22) & (run % 2 == 0)
+    outside = np.cumsum(quote) % 2 == 0  # brackets are never quotes, so "after an even number" is outside
+    step = (((t == 0x5B) | (t == 0x7B)).astype(np.int64) - ((t == 0x5D) | (t == 0x7D))) * outside
+    return int(max(0, np.cumsum(step).max()))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise WireError("metadata has a duplicate key")
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise WireError(f"metadata has an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise WireError("metadata has a number out of float range")
+    return v
+
+
+def _no_constant(name: str) -> Any:
+    raise WireError(f"metadata has the non-JSON constant {name}")
+
+
+def loads_bounded(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse untrusted JSON; every failure is a WireError (depth checked before parsing)."""
+    if _max_depth(raw) > max_depth:
+        raise WireError(f"JSON nested deeper than {max_depth}")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_int=_bounded_int,
+                          parse_float=_finite_float, parse_constant=_no_constant)
+    except WireError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise WireError(f"metadata is not UTF-8 JSON: {type(exc).__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -108,8 +189,8 @@ def decode_message(frames: Sequence[Any], *, max_payload: int = DEFAULT_MAX_PAYL
         raise WireError(f"unknown message type {mtype}") from None
     if flags != 0:
         raise WireError(f"unknown flags {flags:#x}")
-    if meta_len > MAX_META_BYTES:
-        raise WireError("metadata too large")
+    if meta_len > meta_limit(mt):
+        raise WireError(f"metadata of {mt.name} over {meta_limit(mt)} bytes")
     if n_payloads != len(frames) - 2:
         raise WireError(f"header announces {n_payloads} payloads, message has {len(frames) - 2}")
     meta_view = memoryview(frames[1])
@@ -118,10 +199,7 @@ def decode_message(frames: Sequence[Any], *, max_payload: int = DEFAULT_MAX_PAYL
     raw = meta_view.tobytes()
     if raw != raw.strip():
         raise WireError("metadata has leading or trailing bytes")
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"metadata is not UTF-8 JSON: {exc}") from None
+    meta = loads_bounded(raw)
     if not isinstance(meta, dict):
         raise WireError("metadata must be a JSON object")
     payloads = []

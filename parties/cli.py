@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--hosts", default=None, help="comma-separated host per party (default: 127.0.0.1)")
     k.add_argument("--base-port", type=int, default=None, help="first port (default: free ports)")
     k.add_argument("--no-dealer", action="store_true", help="omit the dealer (no MPC multiplication)")
+    k.add_argument("--force", action="store_true",
+                   help="replace a deployment already in --out (deletes its keys and party state)")
 
     a = sub.add_parser("party", help="run one aggregator party until SIGTERM")
     a.add_argument("--config", required=True)
@@ -37,11 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--timeout", type=float, default=10.0)
 
-    t = sub.add_parser("selftest", help="run one secure round on loopback and check it against plaintext FedAvg")
-    t.add_argument("--parties", type=int, default=3)
-    t.add_argument("--clients", type=int, default=5)
+    t = sub.add_parser("selftest", help="run one secure round and check it against plaintext FedAvg")
+    t.add_argument("--config", default=None,
+                   help="check this running deployment (its parties must be up; its config and keys are "
+                        "only read) instead of a throwaway one on loopback")
+    t.add_argument("--parties", type=int, default=3, help="throwaway deployment: parties")
+    t.add_argument("--clients", type=int, default=5, help="throwaway deployment: clients")
     t.add_argument("--dim", type=int, default=100_000)
-    t.add_argument("--workdir", default=None, help="where to write keys and state (default: a temp dir)")
+    t.add_argument("--workdir", default=None,
+                   help="throwaway deployment: a new directory for its keys and state (default: a temp dir)")
 
     m = sub.add_parser("demo", help="federated fine-tuning of a DeepSeek-architecture LM through the secure aggregator")
     m.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
@@ -63,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--server-opt", choices=["fedavg", "fedadam"], default="fedavg")
     m.add_argument("--server-lr", type=float, default=1.0)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--workdir", default="demo-out/run", help="keys, state, checkpoints (default demo-out/run)")
+    m.add_argument("--workdir", default="demo-out/run",
+                   help="new, empty or an earlier demo's directory: deployment, scratch files, saved models "
+                        "(default demo-out/run)")
     m.add_argument("--report", default="demo-out/report.json", help="JSON report; the PNG plot goes beside it")
     x = sub.add_parser("experiments", help="centralised vs local vs federated (plain, secure, DP): perplexity, "
                        "unseen data, attacks; offline, on the shipped corpus by default")
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             hosts = args.hosts.split(",") if args.hosts else None
             path = generate_deployment(args.out, parties=args.parties, clients=args.clients,
                                        min_clients=args.min_clients, hosts=hosts, base_port=args.base_port,
-                                       with_dealer=not args.no_dealer)
+                                       with_dealer=not args.no_dealer, force=args.force)
             print(path)
             return 0
         if args.cmd == "party":
@@ -112,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(c.status(timeout_s=args.timeout), indent=2))
             return 0
         if args.cmd == "selftest":
-            from parties.selftest import run_selftest
+            from parties.selftest import check_deployment, run_selftest
 
+            if args.config is not None:
+                return check_deployment(args.config, dim=args.dim)
             return run_selftest(parties=args.parties, clients=args.clients, dim=args.dim, workdir=args.workdir)
         if args.cmd == "demo":
             return _demo(args)
@@ -130,8 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import shutil
+    import math
+    import os
     from pathlib import Path
+
+    # the demo shows its own progress; transformers' per-load bars (from every client process) would
+    # only interleave with the table.  Set before transformers is imported here or in the children.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
     from parties.federated import FedConfig, run_federated
@@ -142,8 +157,6 @@ def _demo(args: argparse.Namespace) -> int:
                     tokenizer=args.tokenizer, noise_multiplier=args.noise_multiplier, clip_norm=args.clip_norm,
                     delta=args.delta, frac_bits=args.frac_bits, server_opt=args.server_opt,
                     server_lr=args.server_lr, seed=args.seed, report=args.report)
-    if Path(args.workdir).exists():
-        shutil.rmtree(args.workdir)  # a fresh deployment, keys and ledger every run
     report = run_federated(cfg)
     rows = report["rounds"]
     first, last = report["initial"]["eval_perplexity"], rows[-1]["eval_perplexity"]
@@ -151,13 +164,21 @@ def _demo(args: argparse.Namespace) -> int:
           f"({100 * (1 - last / first):.1f}% lower); report {args.report}, plot "
           f"{Path(args.report).with_suffix('.png')}, model {report.get('model_dir')}")
     diffs = [r["max_abs_diff_vs_plaintext"] for r in rows if r["max_abs_diff_vs_plaintext"] is not None]
-    ok = last < first
+    noised = args.noise_multiplier > 0
+    # noise may outweigh a few clients' updates: explained below, not a failure
+    ok = math.isfinite(last) and (last < first or noised)
     if diffs:
         frac_bits = args.frac_bits if args.frac_bits is not None else DEFAULT_FRAC_BITS
         bound = args.clients * 2.0**-frac_bits
         ok = ok and max(diffs) <= bound
-        print(f"secure average vs plaintext FedAvg: max |difference| {max(diffs):.2e} over all rounds "
+        what = "clipped deltas (as submitted)" if args.clip_norm is not None else "the same deltas"
+        print(f"secure average vs plaintext FedAvg of {what}: max |difference| {max(diffs):.2e} over all rounds "
               f"(bound n·2^-{frac_bits} = {bound:.2e})")
+    if noised:
+        print(f"noised run: the average carries DP noise of std >= z·C/n = "
+              f"{args.noise_multiplier * args.clip_norm / args.clients:.2e} per coordinate, so it is not compared "
+              "with plaintext" + ("" if last < first else "; here the noise outweighed the clients' updates and "
+                                  "perplexity rose (more clients, a smaller z or a larger C help)"))
     print(f"check: {'PASSED' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -21,7 +21,7 @@ import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
-from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, WireError
+from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, SpecMismatchError, WireError
 from mpc_agg.fixedpoint import decode
 from mpc_agg.logs import event
 from mpc_agg.spec import RoundSpec
@@ -44,16 +44,10 @@ class RoundResult:
     report_ids: tuple[str, ...]
     seconds: float
     rejected: tuple[str, ...] = ()
-    """clients whose reports failed the parties' norm check (verified rounds)"""
+    """clients whose reports failed the parties' MPC checks (norm in verified rounds, else weight)"""
     epsilon: float | None = None
     """epsilon so far (the ledger's composition up to this round) at ``delta``; None when un-noised."""
     delta: float | None = None
-
-
-def _dp_event(spec: RoundSpec) -> SkellamRound | None:
-    if spec.noise_multiplier == 0 or spec.clip_norm is None:
-        return None
-    return SkellamRound(spec.noise_multiplier, spec.clip_norm, spec.frac_bits, spec.dim, spec.min_clients)
 
 
 class Coordinator:
@@ -126,15 +120,25 @@ class Coordinator:
         noise_multiplier: float = 0.0,
         frac_bits: int | None = None,
         verify_norm: bool = False,
+        max_weight: float | None = None,
+        min_honest: int | None = None,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
-        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting).
+        """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting);
+        returns the round's spec, the one every client fetches and checks.
 
-        ``verify_norm=True`` (needs ``clip_norm`` and a dealer) makes the parties check every
-        report's L2 norm in MPC and drop violators before the reveal (``RoundResult.rejected``)."""
+        ``verify_norm=True`` (needs ``clip_norm``, a dealer, and each party's and client's consent:
+        mpc_agg.trust) makes the parties check every report's L2 norm in MPC and drop violators before
+        the reveal (``RoundResult.rejected``); in other rounds the parties drop reports whose weight is
+        not in (0, ``max_weight``] (default: the largest encodable), so the revealed total weight is
+        always positive (both need the dealer).  Noised rounds: ``frac_bits=None`` fits the grid to the
+        noise (mpc_agg.noise); ``min_honest`` clients are assumed to add their noise (default all).
+        Opening a round again with the same spec is a no-op; a revealed round raises
+        AlreadyRevealedError (round ids are never reused)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
-                                noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm)
-        dp_event = _dp_event(spec)
+                                noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm,
+                                max_weight=max_weight, min_honest=min_honest, parties=len(self.dep.parties))
+        dp_event = SkellamRound.from_spec(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)
         self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
@@ -143,11 +147,12 @@ class Coordinator:
         return spec
 
     def close_round(self, round_id: int, *, timeout_s: float = 60.0) -> RoundResult:
-        """Ask every party to agree on the cohort and reveal its sum share; return the average."""
-        spec = self.specs.get(round_id)
-        if spec is None:
-            raise RefusedError(f"round {round_id} was not opened by this coordinator")
+        """Ask every party to agree on the cohort and reveal its sum share; return the average.
+
+        A round opened by an earlier coordinator process (before a restart) is closed too: its spec
+        is read back from the parties, which must all hold the same one."""
         t0 = time.monotonic()
+        spec = self.specs.get(round_id) or self._spec_from_parties(round_id, timeout_s)
         # the parties drop a close request that reaches them after this deadline (their clocks must
         # agree with ours to well under timeout_s, as NTP gives)
         answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
@@ -177,12 +182,21 @@ class Coordinator:
             out[name] = torch.from_numpy(avg[off:off + n].reshape(shape))  # views of one fresh buffer
             off += n
         clients = tuple(answers[0].meta.get("clients", ()))
-        dp_event = _dp_event(spec)
+        dp_event = SkellamRound.from_spec(spec)
         epsilon = None if dp_event is None else self.ledger.record(round_id, dp_event)
         event(log, "reveal", round=round_id, clients=len(clients))
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
                            tuple(answers[0].meta.get("rejected", ())), epsilon,
                            None if dp_event is None else self.ledger.delta)
+
+    def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
+        answers = self._all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
+        specs = {RoundSpec.from_json(a.meta.get("spec")) for a in answers}
+        spec = specs.pop()
+        if specs or spec.round_id != round_id:
+            raise SpecMismatchError(f"parties hold different specs for round {round_id}: not closing it")
+        self.specs[round_id] = spec
+        return spec
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""

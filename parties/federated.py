@@ -11,8 +11,11 @@ average with the server optimiser, and evaluates perplexity on held-out text.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,16 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_client.corpus import load_shards
-from fl_client.model import apply_lora, build_model, load_tokenizer, load_trainable, trainable_state
+from fl_client.corpus import Shards, load_shards
+from fl_client.model import apply_lora, build_model, check_model_dir, load_tokenizer, load_trainable, trainable_state
 from fl_client.training import encode_texts, evaluate
 from fl_client.worker import WorkerConfig, client_worker
+from mpc_agg import errors
 from mpc_agg.errors import ConfigError, MpcAggError
+from mpc_agg.logs import event
 
 from .coordinator import Coordinator
 from .launcher import LocalDeployment
+from .workdir import check_report_path, claim_workdir, next_model_dir
 
 __all__ = ["FedConfig", "run_federated", "ServerOptimizer", "dp_noise_ratio"]
+
+log = logging.getLogger("mpc_agg.federated")
 
 
 @dataclass(frozen=True)
@@ -128,41 +136,62 @@ def _plot(initial_ppl: float, rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _max_diff_vs_plaintext(plain_dir: Path, round_id: int, avg: dict[str, torch.Tensor]) -> float:
+    """Largest |secure - plaintext| over the weighted average of exactly what was submitted (the clients'
+    deltas as they clipped them); the round's delta files are deleted once read."""
     from safetensors import safe_open
 
     total: dict[str, torch.Tensor] = {}
     wsum = 0.0
     for f in sorted(plain_dir.glob(f"r{round_id}-*.safetensors")):
         with safe_open(str(f), "pt") as sf:
-            w = float(sf.metadata()["weight"])
+            meta = sf.metadata()
+            w, scale = float(meta["weight"]), float(meta.get("clip_scale", "1.0"))
             for k in sf.keys():
-                total[k] = total.get(k, 0) + w * sf.get_tensor(k).double()
+                total[k] = total.get(k, 0) + w * (scale * sf.get_tensor(k).double())
         wsum += w
+        f.unlink()
     return max(float((avg[k].double() - total[k] / wsum).abs().max()) for k in avg)
 
 
 def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run R secure FedAvg rounds with real party and client processes; returns the report."""
+    """Run R secure FedAvg rounds with real party and client processes; returns the report.
+
+    ``cfg.workdir`` must be new, empty or an earlier run's (parties.workdir); the final model goes to
+    its first free ``global-final*`` directory (``report["model_dir"]``).  ``progress`` prints the
+    table, and progress bars too when stdout and stderr are terminals."""
+    if cfg.model is not None:
+        check_model_dir(cfg.model)  # every input is checked before anything is written
+    shards = load_shards(cfg.clients, cfg.data)
+    if cfg.report:
+        check_report_path(cfg.report)
+    work = claim_workdir(cfg.workdir, reads=(cfg.model, cfg.data))
+    scratch = work / "scratch"
+    try:
+        return _run(cfg, work, scratch, shards, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # ours: made by this run inside the marked work dir
+
+
+def _run(cfg: FedConfig, work: Path, scratch: Path, shards: Shards, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
-    work = Path(cfg.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir()
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.tokenizer)
     base = build_model(cfg.model, len(tok), seed=cfg.seed)
-    base.save_pretrained(work / "global-init")  # every client starts from exactly this model
+    base.save_pretrained(scratch / "global-init")  # every client starts from exactly this model
     model = apply_lora(base, rank=cfg.lora_rank) if cfg.lora else base
-    shards = load_shards(cfg.clients, cfg.data)
     eval_data = encode_texts(tok, shards.eval, cfg.max_length)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     dim = sum(math.prod(s) for s in shapes.values())
-    plain_dir = work / "plaintext-check" if cfg.plaintext_check and cfg.noise_multiplier == 0 else None
+    plain_dir = scratch / "plaintext-check" if cfg.plaintext_check and cfg.noise_multiplier == 0 else None
     if plain_dir:
-        plain_dir.mkdir(exist_ok=True)
+        plain_dir.mkdir()
     report: dict[str, Any] = {"config": {**asdict(cfg), "trainable_parameters": dim,
                                          "tokenizer_vocab": len(tok), "client_sources": list(shards.sources),
                                          "sampling_rate": 1.0}, "rounds": []}
     say = tqdm.write if progress else (lambda s: None)
+    bars = progress and sys.stdout.isatty() and sys.stderr.isatty()  # never interleaved with a piped table
     say(f"model: {type(base).__name__}, {sum(p.numel() for p in base.parameters()):,} parameters, "
         f"{dim:,} trainable{' (LoRA)' if cfg.lora else ''}; tokenizer vocab {len(tok):,}; "
         f"clients' data: {', '.join(shards.sources)}")
@@ -181,11 +210,12 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
     procs, conns = [], []
     with LocalDeployment(work / "deployment", parties=cfg.parties, clients=cfg.clients,
                          min_clients=min(3, cfg.clients), dealer=False) as ld, \
-            Coordinator.from_config(ld.config, delta=cfg.delta, ledger_path=work / "privacy-ledger.json") as coord:
+            Coordinator.from_config(ld.config, delta=cfg.delta,
+                                    ledger_path=scratch / "privacy-ledger.json") as coord:
         try:
             for i in range(cfg.clients):
                 parent, child = ctx.Pipe()
-                wc = WorkerConfig(str(ld.config), f"client-{i}", shards.train[i], str(work / "global-init"),
+                wc = WorkerConfig(str(ld.config), f"client-{i}", shards.train[i], str(scratch / "global-init"),
                                   cfg.tokenizer, cfg.lora_rank if cfg.lora else None, cfg.max_length,
                                   cfg.local_steps, cfg.batch_size, cfg.lr, cfg.seed * 1000 + i,
                                   str(plain_dir) if plain_dir else None)
@@ -195,10 +225,10 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
                 conns.append(parent)
             for c in conns:
                 _expect(c, "ready", 300)
-            rounds_bar = tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round", disable=not progress)
+            rounds_bar = tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round", disable=not bars)
             for r in rounds_bar:
                 t_round = time.perf_counter()
-                weights_path = work / f"global-r{r}.safetensors"
+                weights_path = scratch / f"global-r{r}.safetensors"
                 from safetensors.torch import save_file
 
                 state = trainable_state(model)
@@ -209,7 +239,7 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
                     c.send(("train", r, str(weights_path)))
                 results = []
                 with tqdm(total=cfg.clients, desc=f"round {r} local training", unit="client", leave=False,
-                          disable=not progress) as bar:
+                          disable=not bars) as bar:
                     for c in conns:
                         results.append(_expect(c, "done", 600))
                         bar.update(1)
@@ -242,9 +272,10 @@ def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
     report["initial"] = {"eval_loss": loss0, "eval_perplexity": ppl0}
     if cfg.save_model:
         final = model.merge_and_unload() if cfg.lora else model
-        final.save_pretrained(work / "global-final")
-        tok.save_pretrained(work / "global-final")
-        report["model_dir"] = str(work / "global-final")
+        out = next_model_dir(work)
+        final.save_pretrained(out)
+        tok.save_pretrained(out)
+        report["model_dir"] = str(out)
     if cfg.report:
         rp = Path(cfg.report)
         rp.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +291,11 @@ def _expect(conn: Any, what: str, timeout_s: float) -> tuple[Any, ...]:
         msg = conn.recv()
     except EOFError:
         raise MpcAggError("a client process died") from None
-    if msg[0] == "error":
-        raise MpcAggError(f"client process failed: {msg[1]}: {msg[2]}\n{msg[3]}")
+    if msg[0] == "error":  # one line for the user; the client's traceback goes to the verbose log
+        event(log, "client_failed", error=msg[1], reason=msg[2], traceback=msg[3])
+        typed = getattr(errors, msg[1], None)
+        raise (typed if isinstance(typed, type) and issubclass(typed, MpcAggError) else MpcAggError)(
+            f"client process failed: {msg[1]}: {msg[2]}")
     if msg[0] != what:
         raise MpcAggError(f"client process sent {msg[0]!r}, expected {what!r}")
     return tuple(msg)

@@ -15,14 +15,13 @@ cohort's sum, held as a CrypTen ArithmeticSharedTensor.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,25 +30,26 @@ import zmq
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate, import_crypten
 from mpc_agg.errors import (
-    MpcAggError,
     RefusedError,
     AlreadyRevealedError,
     AuthError,
     CohortTooSmallError,
-    ConfigError,
     DuplicateReportError,
     RoundStateError,
     SpecMismatchError,
     WireError,
 )
 from mpc_agg.logs import event
-from mpc_agg.normcheck import verify_norms
-from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed, expand_seed
+from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
-from mpc_agg.store import ReportWriter, RoundStore, StoredReport
+from mpc_agg.store import RoundStore, StoredReport
+from mpc_agg.trust import check_party_consent
 from mpc_agg.service import Reply, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MAX_META_BYTES, MAX_PAYLOADS, UPLOAD_WINDOW, Message, MsgType, require
+from mpc_agg.messages import validate_request
+from mpc_agg.wire import MAX_META_BYTES, MAX_PAYLOADS, Message, MsgType, require
+from parties.cohort import CohortSteps
+from parties.uploads import Upload, UploadLimits, UploadScheduler
 
 __all__ = ["Party"]
 
@@ -68,28 +68,15 @@ class _Round:
     revealed: bool = False
 
 
-@dataclass
-class _Upload:
-    """An upload admitted by the leader: the active one (with a writer) or the one admitted ahead."""
-
-    st: _Round
-    client: str
-    report: str
-    writer: ReportWriter | None
-    last: float  # monotonic time of the last chunk
-    next: int = 0  # the next value expected
-    held: list[tuple[bytes, str, Message]] = field(default_factory=list)  # chunks received before its turn
-
-
 class Party(Service):
     """Party ``party_id`` of a deployment; ``serve()`` runs until ``stop()`` or SIGTERM."""
 
     chunk_values = 1 << 20  # values per upload chunk (8 MiB; even, for keystream block alignment)
-    upload_idle_s = 10.0  # an upload with no chunk for this long is dropped (its client is gone)
-    max_waiting = 100_000  # uploads queued behind the one in progress
     max_group = 64  # reports acknowledged by one fsync at most
+    client_hwm = 8  # messages libzmq queues per client connection before it stops reading that socket
 
-    def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0) -> None:
+    def __init__(self, deployment: Deployment, party_id: int, *, peer_timeout_s: float = 60.0,
+                 upload_limits: UploadLimits | None = None) -> None:
         self.dep = deployment
         self.cfg = deployment.party(party_id)
         self.id = party_id
@@ -104,6 +91,7 @@ class Party(Service):
             zmq.ROUTER, self.cfg.client_endpoint, public_key=self.cfg.public_key, secret_key=secret,
             domain="clients", allowed=allowed, max_message=8 * self.chunk_values + MAX_META_BYTES + (1 << 16),
         )
+        self.sock.rcvhwm = self.client_hwm
         self.comm = ZmqCommunicator(
             self.sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
             public_keys=[p.public_key for p in deployment.parties], secret_key=secret, timeout_s=peer_timeout_s,
@@ -116,10 +104,8 @@ class Party(Service):
             self.provider = DealerProvider(Requester(dsock), rank=party_id, timeout_s=peer_timeout_s)
         self.rounds: dict[int, _Round] = {}
         self.seen_report_ids: set[str] = set()
-        self.upload: _Upload | None = None
-        self.next: _Upload | None = None
+        self.uploads: UploadScheduler[tuple[bytes, str | None]] = UploadScheduler(upload_limits or UploadLimits())
         self.unsynced: dict[Path, list[tuple[bytes, str, Message, dict[str, Any]]]] = {}
-        self.waiting: collections.deque[tuple[bytes, str, Message]] = collections.deque()
         self.store = RoundStore(self.cfg.state_dir)
         self._recover()
         import_crypten()
@@ -131,7 +117,7 @@ class Party(Service):
             MsgType.REPORT_CHUNK: self._on_chunk,
             MsgType.CLOSE_ROUND: self._on_close,
             MsgType.STATUS: self._on_status,
-        }, f"party-{party_id}")
+        }, f"party-{party_id}", validate=validate_request)
 
     def close(self) -> None:
         self._sync_and_ack()
@@ -178,13 +164,15 @@ class Party(Service):
         digest = spec.digest()
         existing = self.rounds.get(spec.round_id)
         if existing is not None:
+            if existing.revealed:
+                raise AlreadyRevealedError(f"round {spec.round_id} was already revealed; round ids are never reused")
             if existing.digest != digest:
                 raise RoundStateError(f"round {spec.round_id} is already open with a different spec")
             return MsgType.OK, {"digest": digest}, []
-        if spec.verify_norm and self.provider is None:
-            raise ConfigError("verify_norm needs a dealer ([dealer] in the deployment) for MPC multiplication")
+        check_party_consent(spec, parties=self.k, allow_verify_norm=self.cfg.allow_verify_norm,
+                            has_dealer=self.provider is not None, who=f"party {self.id}")
         if self.store.is_revealed(spec.round_id):
-            raise RoundStateError(f"round {spec.round_id} was already revealed; round ids are never reused")
+            raise AlreadyRevealedError(f"round {spec.round_id} was already revealed; round ids are never reused")
         rdir = self.store.create_round(spec)
         self.rounds[spec.round_id] = _Round(spec, digest, rdir, np.zeros(spec.dim + 1, dtype=np.int64))
         event(log, "open", party=self.id, round=spec.round_id, dim=spec.dim, digest=digest[:16])
@@ -209,13 +197,13 @@ class Party(Service):
             raise RoundStateError(f"round {st.spec.round_id} is closed")
         if require(meta, "spec_digest", str) != st.digest:
             raise SpecMismatchError(f"report for round {st.spec.round_id} was made for a different spec")
-        report_hex = require(meta, "report_id", str)
-        if len(report_hex) != 32 or any(c not in "0123456789abcdef" for c in report_hex):
-            raise WireError("report_id must be 16 bytes in lowercase hex")
+        report_hex = require(meta, "report_id", str)  # 32 lowercase hex characters (mpc_agg.messages)
         if report_hex in self.seen_report_ids:
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
+        if len(st.reports) >= self.cfg.max_reports:  # the leader may hold one more in flight: still no wrap
+            raise RoundStateError(f"round {st.spec.round_id} is full ({self.cfg.max_reports} reports)")
         return st, client, report_hex
 
     def _acknowledge(self, st: _Round, client: str, report_hex: str, stored: StoredReport) -> None:
@@ -230,8 +218,8 @@ class Party(Service):
         if self.is_leader:
             raise WireError("the leader takes reports in chunks (REPORT_BEGIN, REPORT_CHUNK)")
         st, client, report_hex = self._check_report(identity, msg.meta)
-        if len(msg.payloads) != 1 or msg.payloads[0].nbytes != SEED_BYTES:
-            raise WireError(f"party {self.id} expects one payload of {SEED_BYTES} bytes")
+        if msg.payloads[0].nbytes != SEED_BYTES:
+            raise WireError(f"a helper's report is one seed of {SEED_BYTES} bytes")
         material = msg.payloads[0]
         stored = self.store.add_report(st.dir, report_hex, client, material, sync=False)
         accumulate_seed(st.total, bytes(material), ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex)),
@@ -239,129 +227,93 @@ class Party(Service):
         self._acknowledge(st, client, report_hex, stored)
         return self._ack_when_durable(st, identity, msg, {"report_id": report_hex})
 
-    # --- the leader's chunked uploads -----------------------------------------------------
-    # Uploads are written one at a time: REPORT_BEGIN is answered when the upload is admitted
-    # (others wait in a queue holding no payload); chunks of the active upload are added to the
-    # running sum and appended to the log, in order; the last one seals the record (acknowledged
-    # after the next group fsync).  One more upload is admitted ahead (``next``): its chunks
-    # (at most UPLOAD_WINDOW) are held until it becomes active, so its client encrypts and sends
-    # while the active one is decrypted and written.  Memory: the sum plus a few chunks, whatever n.
+    # --- the leader's chunked uploads (parties/uploads.py: slots, queue, limits) ---------------
+    # REPORT_BEGIN is answered when the upload gets a slot (others wait in a FIFO queue that
+    # holds no payload).  Each active upload has its record reserved in the log; its chunks
+    # are added to the running sum and written at their offsets as they arrive, in order; the
+    # last one seals the record (acknowledged after the next group fsync).  Memory: the sum,
+    # whatever n; each chunk is written and dropped as soon as it is read.
 
     def _on_begin(self, identity: str, msg: Message) -> Reply | None:
         if not self.is_leader:
             raise WireError("helpers take a report as one REPORT message")
-        self._check_report(identity, msg.meta)
-        deadline = msg.meta.get("deadline")
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
-            raise WireError("deadline must be a number (seconds since the epoch)")
-        if self.next is not None or self.waiting:
-            if len(self.waiting) >= self.max_waiting:
-                raise RoundStateError("too many uploads waiting at the leader; try again later")
-            self.waiting.append((self._routing_id, identity, msg))
-            return None  # answered by _admit_next
-        return self._admit(identity, msg)
+        st, client, report_hex = self._check_report(identity, msg.meta)
+        self._schedule()  # free what has expired before judging this one
+        now = time.monotonic()
+        stated = now + (float(msg.meta["deadline"]) - time.time())
+        up = self.uploads.offer((self._routing_id, self._rid(msg)), st.spec.round_id, client, report_hex,
+                                8 * (st.spec.dim + 1), client_deadline=stated, now=now)
+        if up is None:
+            return None  # queued: answered by _schedule
+        return self._start(st, up)
 
-    def _admit(self, identity: str, msg: Message) -> Reply:
-        st, client, report_hex = self._check_report(identity, msg.meta)  # again: the state may have moved on
-        if any(u is not None and u.client == client for u in (self.upload, self.next)):
-            raise DuplicateReportError(f"client {client!r} has an upload in progress")
-        up = _Upload(st, client, report_hex, None, time.monotonic())
-        if self.upload is None:
-            self._activate(up)
-        else:
-            self.next = up
-        return MsgType.OK, {"report_id": report_hex, "chunk": self.chunk_values}, []
+    def _start(self, st: _Round, up: Upload) -> Reply:
+        up.writer = self.store.begin_report(st.dir, up.report, up.client, up.size)
+        return MsgType.OK, {"report_id": up.report, "chunk": self.chunk_values}, []
 
-    def _activate(self, up: _Upload) -> None:
-        up.writer = self.store.begin_report(up.st.dir, up.report, up.client, 8 * (up.st.spec.dim + 1))
-        up.last = time.monotonic()
-        self.upload = up
-
-    def _admit_next(self) -> None:
-        """After the active upload ended: promote the one admitted ahead, replay its held chunks, admit more."""
-        if self.upload is None and self.next is not None:
-            up, self.next = self.next, None
-            self._activate(up)
-            held, up.held = up.held, []
-            for routing_id, identity, msg in held:
-                self.answer(routing_id, identity, msg, lambda i=identity, m=msg: self._on_chunk(i, m))
-        while (self.upload is None or self.next is None) and self.waiting:
-            routing_id, identity, msg = self.waiting.popleft()
-            if time.time() >= msg.meta["deadline"]:
-                continue  # that client has given up
-            self.answer(routing_id, identity, msg, lambda: self._admit(identity, msg))
+    def _schedule(self) -> None:
+        """Cut off uploads past a limit, then give free slots to queued requests, in order."""
+        for up, why in self.uploads.expired(time.monotonic()):
+            self._abort(up, why)
+        admitted, gone = self.uploads.admit(time.monotonic())
+        for q in gone:
+            self.reply_error(*q.token, RoundStateError("waited too long for an upload slot; try again"))
+        for q, up in admitted:
+            st = self.rounds.get(q.round_id)
+            if st is None or st.revealed:
+                self.uploads.finish(up)
+                self.reply_error(*q.token, RoundStateError(f"round {q.round_id} is closed"))
+                continue
+            mtype, meta, payloads = self._start(st, up)
+            self.reply(q.token[0], mtype, {**meta, "rid": q.token[1]}, payloads)
 
     def _on_chunk(self, identity: str, msg: Message) -> Reply | None:
-        report_hex = require(msg.meta, "report_id", str)
-        up, ahead = self.upload, self.next
-        if ahead is not None and ahead.report == report_hex and f"client:{ahead.client}" == identity:
-            if len(ahead.held) >= UPLOAD_WINDOW:
-                raise WireError(f"more than {UPLOAD_WINDOW} chunks in flight")
-            ahead.held.append((self._routing_id, identity, msg))
-            ahead.last = time.monotonic()
-            return None  # answered once this upload is active
-        if up is None or up.writer is None or up.report != report_hex or f"client:{up.client}" != identity:
-            raise RoundStateError(f"no upload of report {report_hex} is in progress for this client")
-        try:
-            offset = require(msg.meta, "offset", int)
-            size = up.st.spec.dim + 1
-            count = min(self.chunk_values, size - up.next)
-            if offset != up.next or len(msg.payloads) != 1 or msg.payloads[0].nbytes != 8 * count:
-                raise WireError(f"expected the chunk at {up.next} of {count} values")
-            if up.st.revealed:
-                raise RoundStateError(f"round {up.st.spec.round_id} was closed during the upload")
-        except MpcAggError:
-            self._abort_upload("bad chunk")
-            raise
+        report_hex = msg.meta["report_id"]
+        up = self.uploads.get(report_hex, identity.removeprefix("client:")) if identity.startswith("client:") else None
+        if up is None:
+            raise RoundStateError("no upload of this report is in progress for this client")
+        st = self.rounds[up.round_id]
+        size = st.spec.dim + 1
+        count = min(self.chunk_values, size - up.received)
+        if msg.meta["offset"] != up.received or msg.payloads[0].nbytes != 8 * count:
+            self._abort(up, "bad chunk")
+            raise WireError(f"expected the chunk at {up.received} of {count} values")
         chunk = msg.payloads[0]
         up.writer.write(chunk)
-        view = up.st.total[offset:offset + count]
+        view = st.total[up.received:up.received + count]
         np.add(view, np.frombuffer(chunk, dtype="<i8"), out=view)
-        up.next += count
-        up.last = time.monotonic()
-        if up.next < size:
-            return MsgType.OK, {"report_id": report_hex, "next": up.next}, []
+        self.uploads.progress(up, count, time.monotonic())
+        if up.received < size:
+            return MsgType.OK, {"report_id": report_hex, "next": up.received}, []
         stored = up.writer.commit(sync=False)
-        self.upload = None
-        self._acknowledge(up.st, up.client, report_hex, stored)
-        self._admit_next()  # the upload admitted ahead takes over while this one is synced
-        return self._ack_when_durable(up.st, identity, msg, {"report_id": report_hex, "done": True})
+        self.uploads.finish(up)
+        self._acknowledge(st, up.client, report_hex, stored)
+        self._schedule()
+        return self._ack_when_durable(st, identity, msg, {"report_id": report_hex, "done": True})
 
-    def _abort_upload(self, why: str) -> None:
-        """Take the unfinished active upload back out of the sum and off the log."""
-        up = self.upload
-        if up is None or up.writer is None:
-            return
-        self.upload = None
-        if not up.st.revealed:  # (after a reveal the sum has left and nothing is held)
-            self._apply_stored(up.st, up.writer.material(), subtract=True)
+    def _abort(self, up: Upload, why: str) -> None:
+        """Take an unfinished upload back out of the sum; its record stays unfinished (skipped on load)."""
+        self.uploads.finish(up)
+        st = self.rounds[up.round_id]
+        if not st.revealed:  # (after a reveal the sum has left and nothing is held)
+            self._apply_stored(st, up.writer.material(), subtract=True)
         up.writer.abort()
-        event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.st.spec.round_id, client=up.client,
-              report=up.report, received=up.next, reason=why)
-        self._admit_next()
+        event(log, "upload_aborted", logging.WARNING, party=self.id, round=up.round_id, client=up.client,
+              report=up.report, received=up.received, reason=why)
 
     def _drop_uploads(self, round_id: int) -> None:
         """A close is starting: uploads of that round still in progress cannot count (their clients retry)."""
-        ahead = self.next
-        if ahead is not None and ahead.st.spec.round_id == round_id:
-            self.next = None
-            for routing_id, _, msg in ahead.held:
-                self.reply_error(routing_id, msg.meta.get("rid"), RoundStateError(f"round {round_id} is closing"))
-        if self.upload is not None and self.upload.st.spec.round_id == round_id:
-            self._abort_upload(f"round {round_id} is closing")
+        active, queued = self.uploads.drop_round(round_id)
+        for up in active:
+            self._abort(up, f"round {round_id} is closing")
+        for q in queued:
+            self.reply_error(*q.token, RoundStateError(f"round {round_id} is closing"))
 
     def tick(self) -> None:
         if self.unsynced and (len(self.unsynced) > 1 or len(next(iter(self.unsynced.values()))) >= self.max_group
                               or not self.sock.poll(0, zmq.POLLIN)):
             self._sync_and_ack()  # nothing else queued (or enough waiting): one fsync for them all
-        now = time.monotonic()
-        if self.upload is not None and now - self.upload.last > self.upload_idle_s:
-            self._abort_upload(f"no chunk for {self.upload_idle_s:g} s")
-        if self.next is not None and not self.next.held and now - self.next.last > self.upload_idle_s:
-            ahead, self.next = self.next, None  # admitted ahead but silent: nothing of it was written
-            event(log, "upload_aborted", logging.WARNING, party=self.id, round=ahead.st.spec.round_id,
-                  client=ahead.client, report=ahead.report, received=0, reason="no chunk before its turn")
-            self._admit_next()
+        self._schedule()
 
     # --- group commit: a report is acknowledged only after an fsync that covers it ---------------
 
@@ -385,26 +337,26 @@ class Party(Service):
             raise RefusedError(f"close takes only a round id, not {sorted(extra)}: the parties choose the cohort")
         r = require(msg.meta, "round", int)
         session = require(msg.meta, "session", str)
-        deadline = msg.meta.get("deadline")
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
-            raise WireError("deadline must be a number (seconds since the epoch)")
-        left = float(deadline) - time.time()
+        left = float(require(msg.meta, "deadline", (int, float))) - time.time()
         if not left > 0:  # e.g. delivered late after a network cut: the coordinator has given up on it
             raise RoundStateError(f"close request for round {r} arrived after its deadline; ignored")
         self._sync_and_ack()  # every report the close may count is durable and acknowledged first
         self._drop_uploads(r)  # and no partial upload is in the sum share that may leave
         self.comm.timeout_s = min(left, self.peer_timeout_s)  # give up when the coordinator does
+        if self.provider is not None:  # and tell it why a dealer failure happened, while it still listens
+            self.provider.deadline = time.monotonic() + left
         st = self.rounds.get(r)
         t0, bytes0 = time.monotonic(), self.comm.comm_bytes
         event(log, "close_start", party=self.id, round=r, session=session, timeout_s=round(self.comm.timeout_s, 1))
         # Every party runs the agreement even when it will refuse, so that all refuse together.
         activate(self.comm, self.provider, f"close:{r}:{session}")
-        status = torch.zeros(7, dtype=torch.int64)
+        status = torch.zeros(8, dtype=torch.int64)  # open, revealed, floor, spec digest (4), has a dealer
         if st is not None:
             status[0] = 1
             status[1] = int(st.revealed)
             status[2] = self.cfg.min_clients
             status[3:7] = torch.from_numpy(np.frombuffer(bytes.fromhex(st.digest), dtype=np.int64).copy())
+        status[7] = int(self.provider is not None)
         statuses = self.comm.all_gather(status)
         if any(int(s[0]) == 0 for s in statuses):
             missing = [j for j, s in enumerate(statuses) if int(s[0]) == 0]
@@ -415,26 +367,8 @@ class Party(Service):
             raise SpecMismatchError(f"parties hold different specs for round {r}: refusing to reveal")
         if st is None:  # unreachable after the status check; keeps the type narrow
             raise RoundStateError(f"round {r} is not open")
-        mine = sorted(st.reports)
-        ids = torch.from_numpy(np.frombuffer(b"".join(bytes.fromhex(h) for h in mine), dtype=np.int64).copy()
-                               if mine else np.zeros(0, dtype=np.int64))
-        counts = self.comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
-        width = 2 * max(int(c) for c in counts)
-        padded = torch.zeros(width, dtype=torch.int64)
-        padded[: ids.numel()] = ids
-        all_ids = self.comm.all_gather(padded)
-        sets = []
-        for j, t in enumerate(all_ids):
-            raw = t[: 2 * int(counts[j])].numpy().tobytes()
-            sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
-        cohort = sorted(set.intersection(*sets))
-        rejected: list[str] = []
-        if st.spec.verify_norm:
-            ok = verify_norms(lambda start, count: self._share_rows(st, cohort, start, count), len(cohort),
-                              st.spec.dim, bound=st.spec.norm_bound(), frac_bits=st.spec.frac_bits,
-                              next_rows=self._replicated(st, cohort) if self.k == 3 else None)
-            rejected = [h for h, good in zip(cohort, ok) if not good]
-            cohort = [h for h, good in zip(cohort, ok) if good]
+        peers = CohortSteps(self.comm, self.store, self.id, self.k, st)
+        cohort, rejected = peers.screen(peers.intersect(), session, dealer=all(int(s[7]) for s in statuses))
         floor = max([st.spec.min_clients] + [int(s[2]) for s in statuses])
         if len(cohort) < floor:
             raise CohortTooSmallError(
@@ -458,45 +392,6 @@ class Party(Service):
         # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
         step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
         return MsgType.SUM_SHARE, meta, [share[i:i + step].data for i in range(0, share.size, step)]
-
-    def _replicated(self, st: _Round, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
-        """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
-
-        Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
-        to party 2, chunk by chunk.  Each party then holds two of the three shares of every report."""
-        if self.id > 0:  # seeds of the cohort's reports, in cohort order
-            seeds = b"".join(self.store.read_material(st.dir, st.stored[h]) for h in cohort)
-            self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.id - 1)
-        nxt = (self.id + 1) % 3
-        if nxt == 0:
-            def from_leader(start: int, count: int, mine: np.ndarray) -> np.ndarray:
-                return self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
-            return from_leader
-        raw = self.comm.recv(torch.empty(4 * len(cohort), dtype=torch.int64), nxt).numpy().tobytes()
-        peer_seeds = [raw[32 * j:32 * j + 32] for j in range(len(cohort))]
-
-        def from_seeds(start: int, count: int, mine: np.ndarray) -> np.ndarray:
-            if self.id == 0:
-                self.comm.send(torch.from_numpy(mine), 2)
-            rows = np.empty_like(mine)
-            for j, h in enumerate(cohort):
-                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                rows[j] = expand_seed(peer_seeds[j], ctx, nxt, count, start=start)
-            return rows
-        return from_seeds
-
-    def _share_rows(self, st: _Round, reports: list[str], start: int, count: int) -> np.ndarray:
-        """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
-        rows = np.empty((len(reports), count), dtype=np.int64)
-        path = self.store.material_path(st.dir)
-        for j, h in enumerate(reports):
-            rep = st.stored[h]
-            if self.is_leader:
-                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
-            else:
-                ctx = ShareContext(st.spec.round_id, st.reports[h], bytes.fromhex(h))
-                rows[j] = expand_seed(self.store.read_material(st.dir, rep), ctx, self.id, count, start=start)
-        return rows
 
 
 def run_party(config: str | os.PathLike[str], party_id: int) -> int:

@@ -48,3 +48,13 @@ def test_large_and_client_profile_smoke(tmp_path: Path) -> None:
     rep = json.loads(prof.read_text())
     assert rep["client_thread_cpu_ms"] > 0 and set(rep["stages_ms"]) == {"fetch_spec", "encode", "leader_share"}
     assert rep["process_cpu_ms"] >= rep["client_thread_cpu_ms"]
+
+
+def test_noise_benchmark_smoke(tmp_path: Path) -> None:
+    out_json = tmp_path / "n.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.noise", "--dim", "1000", "--repeat", "1",
+                           "--json", str(out_json)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out_json.read_text())["results"]
+    assert set(res) == {"sigma_2^8", "sigma_2^12", "sigma_2^16"}
+    assert all(r["exact_s"]["median"] > 0 and r["table_entries"] > 1000 for r in res.values())

@@ -42,14 +42,41 @@ def _check_report(tmp_path: Path, report: dict, frac_bits: int = 24) -> None:
     assert saved["rounds"][-1]["eval_loss"] < saved["initial"]["eval_loss"]
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_tiny_deepseek_with_byt5(tmp_path: Path) -> None:
     report = _run(tmp_path, tokenizer="byt5")
     _check_report(tmp_path, report)
     assert report["config"]["tokenizer_vocab"] == 384
     from transformers import AutoModelForCausalLM
 
-    saved = AutoModelForCausalLM.from_pretrained(report["model_dir"])
+    first = Path(report["model_dir"])
+    saved = AutoModelForCausalLM.from_pretrained(first)
     assert type(saved).__name__ == "DeepseekV3ForCausalLM"
+    kept = _files(first)
+    # the model the first run printed, trained further in the same work dir, with clipping: the check
+    # compares with the clipped deltas and passes; the first model is still there, unchanged
+    out = subprocess.run([sys.executable, "-m", "parties.cli", "demo", "--model", str(first), "--workdir",
+                          str(tmp_path / "run"), "--report", str(tmp_path / "report2.json"), "--clip-norm", "0.01",
+                          "--clients", "3", "--parties", "2", "--rounds", "1", "--local-steps", "2",
+                          "--batch-size", "4", "--max-length", "32", "--lr", "3e-3", "--tokenizer", "byt5"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and "check: PASSED" in out.stdout, out.stdout + out.stderr
+    assert "FedAvg of clipped deltas" in out.stdout
+    assert "\r" not in out.stdout + out.stderr and "it/s" not in out.stdout + out.stderr  # no bars in a pipe
+    assert _files(first) == kept
+    second = tmp_path / "run" / "global-final-2"
+    assert f"model {second}" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".mpc-agg-demo", "deployment", "global-final", "global-final-2"]  # scratch files are gone
+    assert sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file()) < 5 << 20
+    # one FedAvg round: the model moved by the average of deltas each clipped to L2 <= 0.01
+    before = dict(saved.named_parameters())
+    moved = sum(float(((p.detach().double() - before[n].detach().double()) ** 2).sum())
+                for n, p in AutoModelForCausalLM.from_pretrained(second).named_parameters())
+    assert 0 < moved ** 0.5 <= 0.01 * (1 + 1e-6)
 
 
 def test_minilm_bert_tokenizer_and_fedadam(tmp_path: Path) -> None:
@@ -115,9 +142,10 @@ def test_noised_run_reports_epsilon_matching_an_independent_computation(tmp_path
 
     import dp_accounting
 
-    report = _run(tmp_path, tokenizer="byt5", noise_multiplier=1.0, clip_norm=0.5, frac_bits=20)
+    # frac_bits 17: the finest grid the exact sampler takes for z = 1, C = 0.5, 3 clients (what None picks)
+    report = _run(tmp_path, tokenizer="byt5", noise_multiplier=1.0, clip_norm=0.5, frac_bits=17)
     cfg = report["config"]
-    dim, z, c, s = cfg["trainable_parameters"], 1.0, 0.5, 2.0**20
+    dim, z, c, s = cfg["trainable_parameters"], 1.0, 0.5, 2.0**17
     mu = (z * c * s) ** 2  # noise variance of the sum, min_clients = 3 clients each adding mu / 3
     beta = math.exp(-0.5)
     d2 = math.sqrt((c * s) ** 2 + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (c * s + math.sqrt(dim) / 2))

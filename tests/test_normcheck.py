@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fl_client import SecureAggClient
-from mpc_agg.errors import ConfigError
+from mpc_agg.errors import ConfigError, TrustError
 from mpc_agg.spec import RoundSpec
 from parties import Coordinator
 from parties.launcher import LocalDeployment
@@ -21,7 +21,7 @@ D, CLIP = 3000, 1.0
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda k: f"k{k}")
 def vdep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     work = tmp_path_factory.mktemp(f"verify{request.param}")
-    ld = LocalDeployment(work / "dep", parties=request.param, clients=6, min_clients=3,
+    ld = LocalDeployment(work / "dep", parties=request.param, clients=6, min_clients=3, allow_verify_norm=True,
                          env={"MPC_AGG_TRANSCRIPT": str(work / "transcript")})
     ld.transcript_prefix = work / "transcript"  # type: ignore[attr-defined]
     with ld:
@@ -35,9 +35,9 @@ def _unit(rng: np.random.Generator, norm: float) -> np.ndarray:
 
 def _round(ld: LocalDeployment, rid: int, updates: list[np.ndarray], *, verify: bool, clip: list[bool]):  # type: ignore[no-untyped-def]
     with Coordinator.from_config(ld.config) as coord:
-        coord.open_round(rid, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
+        coord.open_round(rid, shapes={"w": updates[0].shape}, min_clients=3, clip_norm=CLIP, verify_norm=verify)
         for i, (u, c) in enumerate(zip(updates, clip)):
-            with SecureAggClient.from_config(ld.config, f"client-{i}") as cl:
+            with SecureAggClient.from_config(ld.config, f"client-{i}", min_colluders=2) as cl:  # consents
                 cl.submit(rid, {"w": u}, clip=c)
         return coord.close_round(rid, timeout_s=120)
 
@@ -50,6 +50,17 @@ def test_honest_clients_all_accepted_with_the_same_average(vdep: LocalDeployment
     assert res.rejected == () and len(res.clients) == 3
     assert np.allclose(res.average["w"].numpy(), plain.average["w"].numpy(), atol=3 * 2.0**-24)
     assert np.allclose(res.average["w"].numpy(), np.mean(ups, axis=0), atol=3 * 2.0**-24)
+
+
+def test_odd_dimension_is_verified(vdep: LocalDeployment, round_id: int) -> None:
+    """The weight then sits at an odd index, which helpers must expand from an AES block boundary."""
+    with Coordinator.from_config(vdep.config) as coord:
+        coord.open_round(round_id, shapes={"w": (7,)}, min_clients=3, clip_norm=CLIP, verify_norm=True)
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}") as cl:
+                cl.submit(round_id, {"w": np.full(7, 0.1 * i)})
+        res = coord.close_round(round_id, timeout_s=120)
+    assert res.rejected == () and np.allclose(res.average["w"].numpy(), 0.1, atol=3 * 2.0**-24)
 
 
 def test_unclipped_client_rejected_and_exact_bound_accepted(vdep: LocalDeployment, round_id: int) -> None:
@@ -82,3 +93,59 @@ def test_verify_norm_needs_clip_and_fitting_bound() -> None:
     with pytest.raises(ConfigError):  # (C * 2^40)^2 cannot fit the ring
         RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, frac_bits=40, verify_norm=True)
     assert RoundSpec.create(1, {"w": (10,)}, clip_norm=1.0, verify_norm=True).norm_bound() >= 2**48
+
+
+def _cheats(dim: int) -> dict[str, np.ndarray]:
+    """Vectors whose squared norm wraps the ring (sum of squares = 0 mod 2**64 at frac_bits 24),
+    or nearly: each would pass the squared-norm test alone (issue 13's attacks and more)."""
+    def vec(**at: float) -> np.ndarray:
+        v = np.zeros(dim)
+        for k, x in at.items():
+            v[int(k[1:])] = x
+        return v
+    many = np.zeros(dim)
+    many[:16_384] = np.where(np.arange(16_384) % 2, 2.0, -2.0)  # 2**14 * (2**25)**2 = 2**64
+    near_t = np.zeros(dim)
+    near_t[:1024] = 8.0  # 2**27 ring units each, about 1.1 T: 2**10 * 2**54 = 2**64
+    mix = np.zeros(dim)
+    mix[:3] = [256.0, 0.3, -0.4]
+    return {"one 2**32": vec(i7=256.0), "four 2**31": vec(i0=128.0, i1=128.0, i2=-128.0, i3=128.0),
+            "16384 of 2**25": many, "1024 near T": near_t, "large plus small": mix}
+
+
+def test_wrapping_cheats_are_rejected(vdep: LocalDeployment, round_id: int) -> None:
+    dim = 20_000
+    rng = np.random.default_rng(round_id)
+    honest = [rng.normal(size=dim) for _ in range(3)]
+    honest = [h / np.linalg.norm(h) * 0.999 * CLIP for h in honest]
+    cheats = _cheats(dim)
+    for r, names in enumerate((list(cheats)[:3], list(cheats)[3:])):
+        ups = [*honest, *(cheats[n] for n in names)]
+        res = _round(vdep, round_id + 100 * r, ups, verify=True, clip=[True] * 3 + [False] * len(names))
+        assert res.rejected == tuple(f"client-{3 + j}" for j in range(len(names))), (names, res.rejected)
+        assert res.clients == ("client-0", "client-1", "client-2")
+        assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+def test_client_floor_refuses_verified_rounds_unless_it_consents(vdep: LocalDeployment, round_id: int) -> None:
+    """verify_norm lowers who must collude to 2 servers: a client whose floor asks for more refuses (typed,
+    before anything is shared); consenting clients' round closes, and so does the next unverified one."""
+    rng = np.random.default_rng(round_id)
+    ups = [_unit(rng, 0.5) for _ in range(4)]
+    with Coordinator.from_config(vdep.config) as coord:
+        spec = coord.open_round(round_id, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP, verify_norm=True)
+        assert spec.parties == len(vdep.deployment.parties) and spec.colluders == 2
+        for floor in (None, 3):  # None: the default, all k parties
+            with SecureAggClient.from_config(vdep.config, "client-5", min_colluders=floor) as cl:
+                with pytest.raises(TrustError, match="refuses round"):
+                    cl.submit(round_id, {"w": ups[3]})
+                assert cl.bytes_sent < 4096  # only the spec requests: no share left the client
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}", min_colluders=2) as cl:
+                cl.submit(round_id, {"w": ups[i]})
+        res = coord.close_round(round_id, timeout_s=120)
+        assert res.clients == ("client-0", "client-1", "client-2") and res.rejected == ()
+        coord.open_round(round_id + 20_000, shapes={"w": (D,)}, min_clients=3, clip_norm=CLIP)
+        for i in range(3):
+            with SecureAggClient.from_config(vdep.config, f"client-{i}") as cl:  # default floor: fine here
+                cl.submit(round_id + 20_000, {"w": ups[i]})
+        plain = coord.close_round(round_id + 20_000, timeout_s=120)
+    assert np.allclose(plain.average["w"].numpy(), np.mean(ups[:3], axis=0), atol=3 * 2.0**-24)

@@ -66,7 +66,7 @@ def test_second_report_and_replayed_report_id_refused(dep3: LocalDeployment, rou
             _submit(dep3, round_id, [0])
         # replay: client-1 resends a report id that client-1 already used, in a fresh message
         c = dep3.deployment.client("client-1")
-        spec = RoundSpec.create(round_id, SHAPES, min_clients=3)
+        spec = RoundSpec.create(round_id, SHAPES, min_clients=3, parties=3)
         req = _raw(dep3, 1, c.public_key, c.private_key_file)
         try:
             rid = os.urandom(16)
@@ -97,7 +97,7 @@ def test_floor_cannot_be_lowered_by_the_coordinator(dep3: LocalDeployment, round
             coord.close_round(round_id, timeout_s=30)
         with pytest.raises(RoundStateError):
             _submit(dep3, round_id, [3])  # closed round takes no more reports
-        with pytest.raises(RoundStateError):
+        with pytest.raises(AlreadyRevealedError):  # with any spec: round ids are never reused
             coord.open_round(round_id, shapes={"w": (21,)}, min_clients=3)
     _healthy(dep3, round_id + 1000)
 
@@ -105,7 +105,7 @@ def test_floor_cannot_be_lowered_by_the_coordinator(dep3: LocalDeployment, round
 def test_different_specs_at_different_parties_are_refused(dep3: LocalDeployment, round_id: int) -> None:
     coord_key = dep3.deployment.coordinator_public_key
     coord_secret = dep3.deployment.coordinator_private_key_file
-    specs = [RoundSpec.create(round_id, SHAPES, min_clients=3 + (p == 2)) for p in range(3)]
+    specs = [RoundSpec.create(round_id, SHAPES, min_clients=3 + (p == 2), parties=3) for p in range(3)]
     reqs = [_raw(dep3, p, coord_key, coord_secret) for p in range(3)]
     try:
         for p, r in enumerate(reqs):
@@ -127,16 +127,16 @@ def test_report_for_another_round_never_mixes(dep3: LocalDeployment, round_id: i
         coord.open_round(round_id, shapes=SHAPES, min_clients=3)
         coord.open_round(round_id + 500, shapes=SHAPES, min_clients=3)
         c = dep3.deployment.client("client-4")
-        other = RoundSpec.create(round_id + 500, SHAPES, min_clients=3)
+        other = RoundSpec.create(round_id + 500, SHAPES, min_clients=3, parties=3)
         req = _raw(dep3, 0, c.public_key, c.private_key_file)
         try:
             meta = {"round": round_id, "client": "client-4", "report_id": os.urandom(16).hex(),
                     "spec_digest": other.digest(), "deadline": time.time() + 30}
             with pytest.raises(SpecMismatchError):
                 req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0")
-            meta = {**meta, "spec_digest": RoundSpec.create(round_id, SHAPES, min_clients=3).digest()}
+            meta = {**meta, "spec_digest": RoundSpec.create(round_id, SHAPES, min_clients=3, parties=3).digest()}
             assert req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0").meta["chunk"] > 21
-            chunk = {"round": round_id, "report_id": meta["report_id"], "offset": 0}
+            chunk = {"report_id": meta["report_id"], "offset": 0}
             with pytest.raises(WireError):  # wrong payload length for this round
                 req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(5, dtype=np.int64).data], timeout_s=10,
                             what="party 0")

@@ -9,7 +9,6 @@ show").  Secure rounds go through real party processes (``parties.launcher.Local
 from __future__ import annotations
 
 import itertools
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -114,10 +113,8 @@ def _noised_token_attack(config: str, wl: Workload, deltas: list[dict[str, torch
     their median norm); the attacker keeps the embedding rows whose norm beats the noise (attacks.noise_row_threshold)."""
     n = len(deltas)
     clip = float(np.median([float(torch.sqrt(sum((v.double() ** 2).sum() for v in d.values()))) for d in deltas]))
-    # fewer fractional bits for this large clip, so the Skellam variance stays in numpy's exact Poisson range
-    frac_bits = int(max(8, min(24, math.floor(25 - math.log2(z * clip)))))
     with SecureAggregator(config, [f"client-{i}" for i in range(n)], min_clients=n, clip_norm=clip,
-                          noise_multiplier=z, delta=delta, first_round=first_round, frac_bits=frac_bits) as agg:
+                          noise_multiplier=z, delta=delta, first_round=first_round) as agg:
         avg = agg(1, deltas, [1.0] * n)
     rows = avg[wl.embed_name].numpy()
     guess = attacks.touched_rows(rows, attacks.noise_row_threshold(z * clip / n, rows.shape[1], rows.shape[0]))

@@ -132,14 +132,13 @@ class SecureAggregator:
     deployment serves many runs."""
 
     def __init__(self, config: str, client_ids: list[str], *, min_clients: int, clip_norm: float | None = None,
-                 noise_multiplier: float = 0.0, delta: float = 1e-5, first_round: int = 1,
-                 frac_bits: int | None = None) -> None:
+                 noise_multiplier: float = 0.0, delta: float = 1e-5, first_round: int = 1) -> None:
         self.coord = Coordinator.from_config(config, delta=delta)
         self.clients = [SecureAggClient.from_config(config, cid, timeout_s=120) for cid in client_ids]
         self.min_clients, self.clip_norm, self.noise_multiplier = min_clients, clip_norm, noise_multiplier
         self.offset = first_round - 1
         self.epsilon: float | None = None
-        self.delta, self.frac_bits = delta, frac_bits
+        self.delta = delta
 
     def __enter__(self) -> "SecureAggregator":
         return self
@@ -154,7 +153,7 @@ class SecureAggregator:
         rid = self.offset + round_id
         self.coord.open_round(rid, shapes={k: tuple(v.shape) for k, v in deltas[0].items()},
                               min_clients=self.min_clients, clip_norm=self.clip_norm,
-                              noise_multiplier=self.noise_multiplier, frac_bits=self.frac_bits)
+                              noise_multiplier=self.noise_multiplier, frac_bits=None)
         for client, delta, w in zip(self.clients, deltas, weights):
             client.submit(rid, delta, weight=1.0 if self.noise_multiplier > 0 else w)
         res = self.coord.close_round(rid, timeout_s=120)

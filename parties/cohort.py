@@ -1,0 +1,136 @@
+"""The close's party-to-party steps on a round every party holds: agree on the cohort, then screen it.
+
+Run by every party at once inside the close's CrypTen session (docs: README "Verified
+clipping", SECURITY.md, docs/wraptest.md): intersect the report ids, draw the
+wraparound tests' seed by commit-then-reveal, and run the MPC checks (norms and
+projections in verified rounds, weights otherwise) that split the cohort into
+accepted and rejected reports.  Only one bit per report is revealed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from mpc_agg import wraptest
+from mpc_agg.crypten_glue import ZmqCommunicator
+from mpc_agg.errors import RefusedError
+from mpc_agg.normcheck import check_weights, verify_norms
+from mpc_agg.sharing import ShareContext, expand_seed
+from mpc_agg.spec import RoundSpec
+from mpc_agg.store import RoundStore, StoredReport
+
+__all__ = ["CohortSteps", "HeldRound"]
+
+
+class HeldRound(Protocol):
+    """What a party holds of an open round (parties.party keeps one per round)."""
+
+    spec: RoundSpec
+    dir: Path
+    reports: dict[str, str]  # report id (hex) -> client id
+    stored: dict[str, StoredReport]
+
+
+class CohortSteps:
+    """The steps of one close at party ``party`` of ``k``, over ``comm`` (all parties call them in order)."""
+
+    def __init__(self, comm: ZmqCommunicator, store: RoundStore, party: int, k: int, st: HeldRound) -> None:
+        self.comm, self.store, self.party, self.k, self.st = comm, store, party, k, st
+
+    def intersect(self) -> list[str]:
+        """The report ids every party holds (sorted): each party's ids, all-gathered as int64 pairs."""
+        mine = sorted(self.st.reports)
+        ids = torch.from_numpy(np.frombuffer(b"".join(bytes.fromhex(h) for h in mine), dtype=np.int64).copy()
+                               if mine else np.zeros(0, dtype=np.int64))
+        counts = self.comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
+        padded = torch.zeros(2 * max(int(c) for c in counts), dtype=torch.int64)
+        padded[: ids.numel()] = ids
+        sets = []
+        for j, t in enumerate(self.comm.all_gather(padded)):
+            raw = t[: 2 * int(counts[j])].numpy().tobytes()
+            sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
+        return sorted(set.intersection(*sets))
+
+    def _wrap_seed(self, session: str) -> bytes:
+        """The wraparound tests' public seed, drawn now that the reports are fixed, by commit-then-reveal:
+        every party commits to 32 random bytes, then reveals them; a wrong reveal is refused."""
+        mine = os.urandom(32)
+        context = f"{self.st.spec.round_id}:{session}".encode()
+
+        def commitment(party: int, value: bytes) -> bytes:
+            return hashlib.sha256(b"mpc-agg wraptest commit|" + context + b"|%d|" % party + value).digest()
+
+        def gather(value: bytes) -> list[bytes]:
+            t = torch.from_numpy(np.frombuffer(value, dtype=np.int64).copy())
+            return [g.numpy().tobytes() for g in self.comm.all_gather(t)]
+        commits = gather(commitment(self.party, mine))
+        reveals = gather(mine)
+        for j, (c, v) in enumerate(zip(commits, reveals)):
+            if not hmac.compare_digest(c, commitment(j, v)):
+                raise RefusedError(f"party {j} revealed a projection seed that does not match its commitment")
+        return wraptest.combine_seed(reveals, context)
+
+    def screen(self, cohort: list[str], session: str, *,
+                dealer: bool) -> tuple[list[str], list[str]]:
+        """Split the cohort into (accepted, rejected) by the MPC checks (every party at once):
+        verified rounds check norms and weight = 1; others check weights in (0, max_weight]
+        when every party has the dealer (SECURITY.md)."""
+        spec = self.st.spec
+        if spec.verify_norm:
+            seed = self._wrap_seed(session)
+            ok = verify_norms(lambda start, count: self.share_rows(cohort, start, count), len(cohort), spec.dim,
+                              bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed,
+                              next_rows=self._replicated(cohort) if self.k == 3 else None)
+        elif dealer:
+            ok = check_weights(self.share_rows(cohort, spec.dim, 1)[:, 0], bound=spec.weight_bound())
+        else:
+            return cohort, []
+        return [h for h, good in zip(cohort, ok) if good], [h for h, good in zip(cohort, ok) if not good]
+
+    def _replicated(self, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
+        """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
+
+        Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
+        to party 2, chunk by chunk.  Each party then holds two of the three shares of every report."""
+        if self.party > 0:  # seeds of the cohort's reports, in cohort order
+            seeds = b"".join(self.store.read_material(self.st.dir, self.st.stored[h]) for h in cohort)
+            self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.party - 1)
+        nxt = (self.party + 1) % 3
+        if nxt == 0:
+            def from_leader(start: int, count: int, mine: np.ndarray) -> np.ndarray:
+                return self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
+            return from_leader
+        raw = self.comm.recv(torch.empty(4 * len(cohort), dtype=torch.int64), nxt).numpy().tobytes()
+        peer_seeds = [raw[32 * j:32 * j + 32] for j in range(len(cohort))]
+
+        def from_seeds(start: int, count: int, mine: np.ndarray) -> np.ndarray:
+            if self.party == 0:
+                self.comm.send(torch.from_numpy(mine), 2)
+            rows = np.empty_like(mine)
+            for j, h in enumerate(cohort):
+                ctx = ShareContext(self.st.spec.round_id, self.st.reports[h], bytes.fromhex(h))
+                rows[j] = expand_seed(peer_seeds[j], ctx, nxt, count, start=start)
+            return rows
+        return from_seeds
+
+    def share_rows(self, reports: list[str], start: int, count: int) -> np.ndarray:
+        """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
+        rows = np.empty((len(reports), count), dtype=np.int64)
+        path = self.store.material_path(self.st.dir)
+        for j, h in enumerate(reports):
+            rep = self.st.stored[h]
+            if self.party == 0:
+                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
+            else:  # keystream slices start on an AES block (2 values): read from the block's start
+                ctx = ShareContext(self.st.spec.round_id, self.st.reports[h], bytes.fromhex(h))
+                lead = start % 2
+                rows[j] = expand_seed(self.store.read_material(self.st.dir, rep), ctx, self.party, count + lead,
+                                      start=start - lead)[lead:]
+        return rows
