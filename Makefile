@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 
-.PHONY: install test demo bench bench-sweep bench-flower clean
+.PHONY: install test demo experiments experiments-quick bench bench-sweep bench-flower clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ test: install
 demo: install
 	$(BIN)/mpc-agg demo
 
+# the article's claims measured (README "What the experiments show"): 3 seeds, about 25 min on 2 quiet cores
+experiments: install
+	$(BIN)/mpc-agg experiments --out experiments-out
+
+experiments-quick: install
+	$(BIN)/mpc-agg experiments --quick --out experiments-out
+
 bench: install
 	$(BIN)/python -m benchmarks.overhead --clients 10 --dim 1000000 --parties 3 --repeat 5 --json bench-out/overhead.json
 	$(BIN)/python -m benchmarks.load --clients 1000 --dim 10000 --parties 3 --json bench-out/load.json
@@ -33,7 +40,7 @@ bench-sweep: install
 	$(BIN)/python -m benchmarks.sweep --json bench-out/sweep.json --png bench-out/sweep.png
 
 clean:
-	rm -rf $(VENV) demo-out bench-out
+	rm -rf $(VENV) demo-out bench-out experiments-out
 
 # Flower's SecAgg+, plain FedAvg and Flower + mpc-agg (adapter) beside mpc-agg (flwr 1.42 is in .venv)
 bench-flower: install

@@ -111,11 +111,15 @@ def test_smoke_run_writes_the_report_and_secure_equals_plain(tmp_path: Path) -> 
 @pytest.mark.timeout(120)
 def test_bad_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "one.txt").write_text("only one topic\n\nand a second paragraph\n")
-    for data in (tmp_path / "missing", tmp_path):
-        out = subprocess.run([sys.executable, "-m", "parties.cli", "experiments", "--smoke", "--data", str(data),
-                              "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=100)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "experiments.json").write_text('{"not": "a report"}')
+    for args in (["--data", str(tmp_path / "missing")], ["--data", str(tmp_path)], ["--out", str(tmp_path / "mine")]):
+        out = subprocess.run([sys.executable, "-m", "parties.cli", "experiments", "--smoke",
+                              "--out", str(tmp_path / "o"), *args], capture_output=True, text=True, cwd=ROOT,
+                             timeout=100)
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr and "error:" in out.stderr
+    assert (tmp_path / "mine" / "experiments.json").read_text() == '{"not": "a report"}'
     with pytest.raises(ConfigError):
         replace(PRESETS["smoke"], dp_noise_multipliers=())
 

@@ -8,7 +8,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_outputs", "markdown_table", "group_rows"]
+from mpc_agg.errors import ConfigError
+
+__all__ = ["write_outputs", "markdown_table", "group_rows", "check_out_dir", "OUTPUTS"]
+
+OUTPUTS = ("experiments.json", "experiments.md", "experiments-curves.png", "experiments-attacks.png")
 
 COLUMNS = [("ppl_seen", "ppl seen", "{:,.0f}"), ("ppl_unseen", "ppl unseen", "{:,.0f}"),
            ("rounds_to_target", "rounds to 1.1× centr.", "{:.1f}"), ("seconds_to_target", "s to target", "{:.0f}"),
@@ -102,6 +106,21 @@ def _plot_attacks(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any training, an ``--out`` that is a file or holds an ``experiments.json`` that is not
+    an experiments report: the run replaces only its own four files (``OUTPUTS``), from an earlier run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    old = out / "experiments.json"
+    if old.exists():
+        try:
+            ours = {"initial", "rows"} <= set(json.loads(old.read_text("utf-8")))
+        except (ValueError, UnicodeDecodeError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--out {out}: {old} is not an experiments report; choose another directory")
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> None:

@@ -110,7 +110,8 @@ def _span(sizes: list[int], i: int) -> slice:
 def _noised_token_attack(config: str, wl: Workload, deltas: list[dict[str, torch.Tensor]], z: float,
                          first_round: int, delta: float) -> dict[str, Any]:
     """Round 1's full-model client deltas through one secure round with distributed DP at noise ``z`` (clip:
-    their median norm); the attacker keeps the embedding rows whose norm beats the noise (attacks.noise_row_threshold)."""
+    their median norm); the attacker keeps the embedding rows whose norm beats the noise
+    (attacks.noise_row_threshold)."""
     n = len(deltas)
     clip = float(np.median([float(torch.sqrt(sum((v.double() ** 2).sum() for v in d.values()))) for d in deltas]))
     with SecureAggregator(config, [f"client-{i}" for i in range(n)], min_clients=n, clip_norm=clip,
@@ -174,9 +175,10 @@ def run_experiments(cfg: ExperimentConfig, out: str | Path, *, say: Say = print)
 
 
 def _run(cfg: ExperimentConfig, out: Path, say: Say) -> dict[str, Any]:
-    from .report import write_outputs
+    from .report import check_out_dir, write_outputs
 
     t_start = time.perf_counter()
+    check_out_dir(out)
     wl = prepare(data=cfg.data, model=cfg.model, tokenizer=cfg.tokenizer, max_length=cfg.max_length,
                  eval_fraction=cfg.eval_fraction)
     n, m = len(wl.clients), len(wl.clients) * cfg.dp_clients_per_topic
