@@ -29,11 +29,11 @@ from fl_client.training import evaluate, train_locally
 from ..coordinator import Coordinator
 from ..federated import ServerOptimizer
 from .attacks import touched_rows
+from .workload import Data
 
 __all__ = ["Trace", "Aggregator", "PlainAggregator", "SecureAggregator", "adamw_no_embedding_decay",
            "run_centralised", "run_local_only", "run_fedavg", "pool"]
 
-Data = dict[str, torch.Tensor]
 Say = Callable[[str], None]
 
 
@@ -187,10 +187,13 @@ def run_fedavg(init: Any, clients: list[Data], eval_data: Data, aggregate: Aggre
         new = server.step({k: v.double() for k, v in state.items()}, avg)
         load_trainable(trace.model, {k: v.to(state[k].dtype) for k, v in new.items()})
         elapsed += time.perf_counter() - t0
-        if embed_name is not None:
-            seen = [d[embed_name] for d in deltas] if isinstance(aggregate, PlainAggregator) else [avg[embed_name]]
-            for i in range(len(clients)):
-                trace.rows_seen[i] |= touched_rows(seen[i if len(seen) > 1 else 0].numpy())
+        if embed_name is not None and isinstance(aggregate, PlainAggregator):  # the server sees every delta
+            for rows, d in zip(trace.rows_seen, deltas):
+                rows |= touched_rows(d[embed_name].numpy())
+        elif embed_name is not None:  # it sees only the aggregate: the same guess for every client
+            moved = touched_rows(avg[embed_name].numpy())
+            for rows in trace.rows_seen:
+                rows |= moved
         if keep_first and r == 1:
             trace.first_deltas = deltas
         _eval(trace, eval_data, elapsed)
