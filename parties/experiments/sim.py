@@ -151,9 +151,12 @@ class SecureAggregator:
     def __call__(self, round_id: int, deltas: list[dict[str, torch.Tensor]],
                  weights: list[float]) -> dict[str, torch.Tensor]:
         rid = self.offset + round_id
+        # 40 fractional bits without noise (README "Python API": for small LLM deltas), so the secure
+        # trajectory stays within float rounding of the plaintext one; noised rounds fit the grid to the noise
         self.coord.open_round(rid, shapes={k: tuple(v.shape) for k, v in deltas[0].items()},
                               min_clients=self.min_clients, clip_norm=self.clip_norm,
-                              noise_multiplier=self.noise_multiplier, frac_bits=None)
+                              noise_multiplier=self.noise_multiplier,
+                              frac_bits=None if self.noise_multiplier > 0 else 40)
         for client, delta, w in zip(self.clients, deltas, weights):
             client.submit(rid, delta, weight=1.0 if self.noise_multiplier > 0 else w)
         res = self.coord.close_round(rid, timeout_s=120)
