@@ -349,7 +349,7 @@ def run_rss(workdir: Path, clients: int, dim: int, parties: int, timeout_s: floa
     """Party RSS of a fresh deployment: idle (all parties serving) and peak after one secure round.
 
     At most RSS_CLIENT_THREADS clients submit at once (each holds a few copies of its update, so n=50
-    at d=1e7 would not fit in this harness otherwise); the leader admits one upload at a time anyway."""
+    at d=1e7 would not fit in this harness otherwise); the leader runs at most a few uploads at once anyway."""
     updates = make_updates(clients, dim, seed=clients)
     min_clients = min(3, clients)
     ld = LocalDeployment(workdir, parties=parties, clients=clients, min_clients=min_clients)

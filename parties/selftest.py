@@ -12,7 +12,6 @@ import numpy as np
 from fl_client import SecureAggClient
 from mpc_agg.config import Deployment
 from mpc_agg.errors import AggregationTimeout, ConfigError
-from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 
 from .coordinator import Coordinator
 from .launcher import LocalDeployment
@@ -28,23 +27,25 @@ def _check_round(config: str | os.PathLike[str], round_id: int, clients: list[st
                  min_clients: int) -> bool:
     """Open ``round_id``, submit one random update per client, close it and compare with plaintext FedAvg.
 
-    With a dealer in the deployment the round is opened with ``verify_norm`` (weights are then 1), so the
-    dealer and the parties' norm check are exercised too."""
+    With a dealer in the deployment, and every party's consent to verified rounds (``allow_verify_norm``),
+    the round is opened with ``verify_norm`` (weights are then 1, and the selftest's clients, whose data is
+    random, consent too), so the dealer and the parties' norm check are exercised as well."""
     t0 = time.monotonic()
-    verify = Deployment.load(config).dealer_endpoint is not None
+    dep = Deployment.load(config)
+    verify = dep.dealer_endpoint is not None and all(p.allow_verify_norm for p in dep.parties)
     rng = np.random.default_rng()
     shapes = {"layer.weight": (dim // 10, 10), "layer.bias": (dim - (dim // 10) * 10 or 1,)}
     with Coordinator.from_config(config) as coord:
         clip = 2 * 0.01 * dim**0.5 + 1  # well above the norm of these updates, well inside the ring
-        coord.open_round(round_id, shapes=shapes, min_clients=min_clients, clip_norm=clip if verify else None,
-                         verify_norm=verify)
+        spec = coord.open_round(round_id, shapes=shapes, min_clients=min_clients,
+                                clip_norm=clip if verify else None, verify_norm=verify)
         _step(f"coordinator opened round {round_id} at every party ({time.monotonic() - t0:.1f} s)"
               f"{', norms verified in MPC (dealer)' if verify else ''}")
         updates, weights = [], []
         for cid in clients:
             upd = {n: rng.normal(0, 0.01, size=s) for n, s in shapes.items()}
             w = 1.0 if verify else float(rng.integers(10, 100))
-            with SecureAggClient.from_config(config, cid) as c:
+            with SecureAggClient.from_config(config, cid, min_colluders=spec.colluders) as c:
                 rid = c.submit(round_id, upd, weight=w)
             updates.append(upd)
             weights.append(w)
@@ -59,10 +60,10 @@ def _check_round(config: str | os.PathLike[str], round_id: int, clients: list[st
     for n in shapes:
         plain = sum(w * u[n] for w, u in zip(weights, updates)) / wsum
         worst = max(worst, float(np.max(np.abs(result.average[n].numpy() - plain))))
-    bound = len(clients) * 2.0 ** -DEFAULT_FRAC_BITS
+    bound = len(clients) * 2.0 ** -spec.frac_bits
     ok = worst <= bound and abs(result.total_weight - wsum) < 1e-3 and not result.rejected
     _step(f"coordinator decoded the weighted average (total weight {result.total_weight:.0f})")
-    print(f"check: max |secure - plaintext FedAvg| = {worst:.3e} (bound n·2^-{DEFAULT_FRAC_BITS} = "
+    print(f"check: max |secure - plaintext FedAvg| = {worst:.3e} (bound n·2^-{spec.frac_bits} = "
           f"{bound:.3e}) → {'PASSED' if ok else 'FAILED'}")
     return ok
 
@@ -78,7 +79,8 @@ def run_selftest(*, parties: int = 3, clients: int = 5, dim: int = 100_000, work
     print(f"mpc-agg selftest: {parties} parties, {clients} clients, {dim:,} parameters, all on loopback")
     try:
         t0 = time.monotonic()
-        with LocalDeployment(workdir, parties=parties, clients=clients, min_clients=min(3, clients)) as ld:
+        with LocalDeployment(workdir, parties=parties, clients=clients, min_clients=min(3, clients),
+                             allow_verify_norm=True) as ld:
             _step(f"generated CURVE keys and {ld.config} (private keys mode 0600)")
             _step(f"started {parties} party processes and a dealer (logs in {ld.log_dir})")
             ok = _check_round(ld.config, 1, [f"client-{i}" for i in range(clients)], dim, min(3, clients))

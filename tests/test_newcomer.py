@@ -134,7 +134,7 @@ def _open_in_another_process(config: Path, round_id: int) -> None:
 
 
 def test_restarted_coordinator_closes_its_round_and_dealer_failure_is_named(tmp_path: Path) -> None:
-    with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3) as ld:
+    with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3, allow_verify_norm=True) as ld:
         _open_in_another_process(ld.config, 1)  # that coordinator process has exited
         for i in range(3):
             with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
@@ -152,7 +152,7 @@ def test_restarted_coordinator_closes_its_round_and_dealer_failure_is_named(tmp_
             assert ld.stop_process("dealer") == 0
             coord.open_round(2, shapes={"w": (100,)}, min_clients=3, clip_norm=10.0, verify_norm=True)
             for i in range(3):
-                with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
+                with SecureAggClient.from_config(ld.config, f"client-{i}", min_colluders=2) as c:
                     c.submit(2, {"w": np.full(100, 0.1)})
             with pytest.raises(AggregationTimeout, match="the dealer sent no tuples .* `mpc-agg dealer` running"):
                 coord.close_round(2, timeout_s=8)

@@ -57,7 +57,7 @@ def test_odd_dimension_is_verified(vdep: LocalDeployment, round_id: int) -> None
     with Coordinator.from_config(vdep.config) as coord:
         coord.open_round(round_id, shapes={"w": (7,)}, min_clients=3, clip_norm=CLIP, verify_norm=True)
         for i in range(3):
-            with SecureAggClient.from_config(vdep.config, f"client-{i}") as cl:
+            with SecureAggClient.from_config(vdep.config, f"client-{i}", min_colluders=2) as cl:  # consents
                 cl.submit(round_id, {"w": np.full(7, 0.1 * i)})
         res = coord.close_round(round_id, timeout_s=120)
     assert res.rejected == () and np.allclose(res.average["w"].numpy(), 0.1, atol=3 * 2.0**-24)
