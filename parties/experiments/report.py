@@ -97,7 +97,11 @@ def _plot_attacks(report: dict[str, Any], path: Path) -> None:
         for j, key in enumerate(keys):
             vals = [statistics.fmean([r[key] for r in groups[g] if r.get(key) is not None] or [math.nan])
                     for g in labels]
-            ax.bar([i + 0.4 * j for i in range(len(labels))], vals, width=0.4, label=key)
+            xs = [i + 0.4 * j for i in range(len(labels))]
+            ax.bar(xs, vals, width=0.4, label=key)
+            for x, v in zip(xs, vals):  # tell "0" from "not applicable"
+                ax.text(x, (0 if math.isnan(v) else v) + 0.01, "n/a" if math.isnan(v) else f"{v:.2f}",
+                        ha="center", va="bottom", fontsize=6)
         ax.set_xticks([i + 0.2 for i in range(len(labels))], labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(title, fontsize=10)
