@@ -23,7 +23,7 @@ test: install
 demo: install
 	$(BIN)/mpc-agg demo
 
-# the article's claims measured (README "What the experiments show"): 3 seeds, about 25 min on 2 quiet cores
+# the article's claims measured (README "What the experiments show"): 3 seeds, 17 min on 2 cores; quick: 6 min
 experiments: install
 	$(BIN)/mpc-agg experiments --out experiments-out
 

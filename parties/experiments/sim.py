@@ -108,6 +108,10 @@ def run_local_only(init: Any, clients: list[Data], eval_data: Data, *, rounds: i
 
 
 class Aggregator(Protocol):
+    """Round id, the clients' deltas and weights → the mean the server applies; ``epsilon`` so far (or None)."""
+
+    epsilon: float | None
+
     def __call__(self, round_id: int, deltas: list[dict[str, torch.Tensor]],
                  weights: list[float]) -> dict[str, torch.Tensor]: ...
 
