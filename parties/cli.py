@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--report", default="demo-out/report.json", help="JSON report; the PNG plot goes beside it")
     x = sub.add_parser("experiments", help="centralised vs local vs federated (plain, secure, DP): perplexity, "
                        "unseen data, attacks; offline, on the shipped corpus by default")
-    x.add_argument("--quick", action="store_true", help="one seed, 6 rounds (about 6 min on 2 cores; the full run about 17)")
+    x.add_argument("--quick", action="store_true",
+                   help="one seed, 6 rounds (about 6 min on 2 cores; the full run about 17)")
     x.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the test suite's tiny run
     x.add_argument("--out", default="experiments-out", help="where to write the JSON, table and plots")
     x.add_argument("--data", default=None, help="one sub-folder or .txt per topic; the last is the unseen one")
