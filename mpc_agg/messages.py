@@ -1,10 +1,10 @@
 """Schemas of the requests a party serves: each field's type and bounds, checked before any handler runs.
 
 The envelope (:mod:`mpc_agg.wire`) guarantees a JSON object of bounded size and
-depth; this module guarantees that the object is one of the request shapes in
-SECURITY.md ("Limits"): known fields only, each of its type, strings of bounded
-length, report ids of exactly 32 lowercase hex characters, and the payload
-frame count the type carries.  A violation is a :class:`WireError` whose message
+depth; this module guarantees that the object is one of the request shapes
+(SECURITY.md, "Hostile clients: every limit"): the sender's role first, then known
+fields only, each of its type, strings of bounded length, report ids of exactly 32
+lowercase hex characters, and the payload frame count the type carries.  A violation is a :class:`WireError` whose message
 names the field but never repeats its value (so a 1 MB id is neither echoed nor
 logged).
 """
@@ -85,8 +85,8 @@ REQUESTS: dict[MsgType, Schema] = {
     MsgType.REPORT_BEGIN: Schema(_CLIENT, {**_REPORT, "deadline": Field("number")}),
     MsgType.REPORT_CHUNK: Schema(_CLIENT, {"rid": _RID, "report_id": Field("hex32"), "offset": Field("int")},
                                  payloads=1),
-    MsgType.CLOSE_ROUND: Schema(_COORD, {"rid": _RID, "round": _ROUND, "session": Field("str"), "deadline": Field("number")},
-                                extra_allowed=True),
+    MsgType.CLOSE_ROUND: Schema(_COORD, {"rid": _RID, "round": _ROUND, "session": Field("str"),
+                                         "deadline": Field("number")}, extra_allowed=True),
 }
 """Every request a party serves (sender → party; replies are built by the party itself)."""
 

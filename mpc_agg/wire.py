@@ -18,8 +18,8 @@ receiving handler against the round spec.  Any violation raises WireError.
 Metadata is parsed by :func:`loads_bounded`, which cannot be crashed: nesting
 deeper than MAX_DEPTH is refused before the parser runs, integers longer than
 MAX_INT_DIGITS, NaN/Infinity and duplicate keys are refused.  Message types that a
-client may send to be queued or held (SECURITY.md, "Limits") have a small
-metadata cap, SMALL_META_BYTES.  Per-type field schemas are in
+client may send to be queued or held have a small metadata cap, SMALL_META_BYTES
+(SECURITY.md, "Hostile clients: every limit").  Per-type field schemas are in
 :mod:`mpc_agg.messages`.
 """
 

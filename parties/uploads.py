@@ -1,7 +1,7 @@
 """The upload scheduler of the party that takes dense shares: parallel slots, a FIFO queue, hard limits.
 
 Pure bookkeeping (no sockets, no disk; time is passed in), so every limit is
-tested in-process.  The rules (SECURITY.md, "Limits"):
+tested in-process.  The rules (SECURITY.md, "Hostile clients: every limit"):
 
 * a client has at most one upload queued or active at a time, whatever its report ids;
 * at most ``slots`` uploads are active at once; further REPORT_BEGINs wait in a FIFO

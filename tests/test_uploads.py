@@ -1,4 +1,4 @@
-"""The upload scheduler's limits, in-process with a fake clock (parties/uploads.py; SECURITY.md "Limits")."""
+"""The upload scheduler's limits, in-process with a fake clock (parties/uploads.py; SECURITY.md, "Hostile clients")."""
 
 from __future__ import annotations
 
