@@ -53,9 +53,11 @@ MAX_T = 2.0**30.5 / (2 * (math.sqrt(2 / math.pi) + 4 * 0.56))
 BLOCK = 1 << 16
 """Coordinates per projection block: the float64 ternary block is TESTS x BLOCK (21 MB)."""
 
-# every byte gives four z values, two bits each: (b1, b2) -> b1 - b2
-_TABLE = np.array([[((byte >> (2 * k)) & 1) - ((byte >> (2 * k + 1)) & 1) for k in range(4)]
-                   for byte in range(256)], dtype=np.float64)
+# every byte gives four z values, two bits each: (b1, b2) -> b1 - b2; the four int8 values of a byte are
+# packed in one uint32, so expanding a keystream is one gather of 4-byte words
+_TABLE = np.ascontiguousarray(
+    np.array([[((byte >> (2 * k)) & 1) - ((byte >> (2 * k + 1)) & 1) for k in range(4)] for byte in range(256)],
+             dtype=np.int8)).view(np.uint32).reshape(256)
 
 
 def threshold(bound: int, tests: int = TESTS, false_reject: float = FALSE_REJECT) -> int:
@@ -86,7 +88,9 @@ def ternary(seed: bytes, start: int, count: int, tests: int = TESTS) -> npt.NDAr
     nbytes = -(-count // 4)
     enc = Cipher(algorithms.AES(seed[:16]), modes.CTR(start.to_bytes(8, "big") + bytes(8))).encryptor()
     ks = np.frombuffer(enc.update(bytes(tests * nbytes)), dtype=np.uint8)
-    return _TABLE[ks].reshape(tests, 4 * nbytes)[:, :count]
+    out = np.empty((tests, 4 * nbytes))
+    np.copyto(out.reshape(-1), _TABLE[ks].view(np.int8), casting="unsafe")
+    return out[:, :count]
 
 
 def project(z: npt.NDArray[np.float64], shares: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -98,9 +102,9 @@ def project(z: npt.NDArray[np.float64], shares: npt.NDArray[np.int64]) -> npt.ND
     if shares.shape[1] > BLOCK:
         raise ValueError(f"project takes at most {BLOCK} coordinates at a time")
     u = shares.view(np.uint64)
-    lo = (u & np.uint64(0xFFFFFFFF)).astype(np.float64)
-    hi = (u >> np.uint64(32)).astype(np.float64)
-    both = z @ np.concatenate([lo, hi]).T  # (tests, 2 * reports)
     n = shares.shape[0]
-    with np.errstate(over="ignore"):
-        return both[:, :n].astype(np.int64) + (both[:, n:].astype(np.int64) << np.int64(32))
+    halves = np.empty((2 * n, shares.shape[1]))
+    np.bitwise_and(u, np.uint64(0xFFFFFFFF), out=halves[:n], casting="unsafe")
+    np.right_shift(u, np.uint64(32), out=halves[n:], casting="unsafe")
+    both = halves @ z.T  # (2 * reports, tests)
+    return (both[:n].astype(np.int64) + (both[n:].astype(np.int64) << np.int64(32))).T
