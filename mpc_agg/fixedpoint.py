@@ -8,8 +8,8 @@ so a sum of up to ``2**HEADROOM_BITS`` reports stays below 2**63 - 2**16 and
 never wraps; parties refuse reports past ``MAX_REPORTS_PER_ROUND`` (the leader
 may hold one more upload in flight, so a sum has at most 2**HEADROOM_BITS terms).
 
-Decoding is our own (DESIGN.md §4: CrypTen 0.4.1's ``FixedPointEncoder.decode``
-mis-decodes some negative values): the signed int64 divided by ``2**frac_bits``.
+Decoding is our own (CrypTen 0.4.1's ``FixedPointEncoder.decode`` divides negative
+values by 2**16 - 1 and mis-decodes some of them; tests/test_fixedpoint.py shows it): the signed int64 divided by ``2**frac_bits``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ its share is the AES-128-CTR keystream under a key derived from that seed with
 HKDF-SHA256 (RFC 5869), domain-separated by protocol version, round, client,
 report id and party index, read as little-endian int64.  The leader (party 0)
 receives ``x - sum(helper shares) mod 2**64``.  Any k-1 shares are uniformly
-distributed and independent of ``x`` (DESIGN.md §3 step 5; the same
+distributed and independent of ``x`` (SECURITY.md, "Confidentiality of an update"; the same
 seed-expansion idea as Prio3's helper shares, draft-irtf-cfrg-vdaf §6).
 """
 

@@ -1,7 +1,7 @@
 """The coordinator: opens rounds at every party and receives only shares of the sum.
 
 It is untrusted for privacy: it cannot lower a party's floor, choose the cohort
-or see any share in transit (DESIGN.md §2).  It adds the k sum shares mod 2**64,
+or see any share in transit (SECURITY.md, "Roles and what each may learn").  It adds the k sum shares mod 2**64,
 decodes them with mpc_agg.fixedpoint (not CrypTen's decoder) and divides by the
 revealed total weight.
 """

@@ -7,7 +7,7 @@ with the identical request (same session, sequence number and parameters); the
 values come from ``os.urandom`` and each party receives only its own shares
 over its CURVE channel.  Trust assumption: the dealer does not collude with any
 party (trusted-dealer model; CrypTen's "TTP" role, minus its Mersenne-Twister
-generators and plaintext seed exchange, DESIGN.md §4).
+generators and plaintext seed exchange; SECURITY.md, "MPC multiplication").
 """
 
 from __future__ import annotations
@@ -23,14 +23,8 @@ import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.crypten_glue import (
-    DEALER_FUNCTIONS,
-    DEALER_OPS,
-    _obj_decode,
-    expand_dealer_seed,
-    random_ring,
-    tensor_to_payload,
-)
+from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring
+from mpc_agg.tensor_codec import obj_decode, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
 from mpc_agg.service import Service
 from mpc_agg.sharing import SEED_BYTES
@@ -179,7 +173,7 @@ class Dealer(Service):
             if len(canons) != 1:
                 raise WireError("parties asked for different tuples under the same sequence number")
             fn, params = request
-            shares = deal(fn, _obj_decode(params) if params is not None else {}, self.k)
+            shares = deal(fn, obj_decode(params) if params is not None else {}, self.k)
         except MpcAggError as exc:
             for r, req_id, _ in slot.values():
                 self.reply_error(r, req_id, exc)

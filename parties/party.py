@@ -7,10 +7,16 @@ Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Party 
 report that is missing at another party can be subtracted again at close time.
 
 Closing is the party-to-party protocol, run through the CrypTen ZeroMQ
-communicator (DESIGN.md §3 steps 6-8): exchange status (spec digest, floors,
-revealed flag) and report ids, keep the intersection, refuse below any floor or
-on a second reveal, and hand the coordinator only this party's share of the
-cohort's sum, held as a CrypTen ArithmeticSharedTensor.
+communicator (README, "How it works"; parties/cohort.py): exchange status (spec
+digest, floors, revealed flag) and report ids, keep the intersection, refuse below
+any floor or on a second reveal, and hand the coordinator only this party's share
+of the cohort's sum, held as a CrypTen ArithmeticSharedTensor.
+
+The upload rules (parties/uploads.py) and the close's cohort steps
+(parties/cohort.py) live apart; what stays here (about 400 lines) are the handlers
+that share the round table, the running sums and the deferred replies.  Splitting
+those further (recovery, group commit, the close's status exchange) goes with
+making the protocol explicit (issue 11).
 """
 
 from __future__ import annotations

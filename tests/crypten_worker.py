@@ -30,7 +30,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def plain(t: object) -> list[float]:
-    """Reveal to all parties (test only) and decode with our decoder, not CrypTen's (DESIGN.md §4)."""
+    """Reveal to all parties (test only) and decode with our decoder, not CrypTen's."""
     ring = t.reveal().numpy()  # type: ignore[attr-defined]
     return decode(ring, int(round(math.log2(t.encoder.scale)))).tolist()  # type: ignore[attr-defined]
 

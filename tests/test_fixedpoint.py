@@ -15,7 +15,7 @@ def test_round_trip_error_is_half_an_ulp(frac_bits: int) -> None:
 
 
 def test_negative_fractions_decode_exactly_where_crypten_fails() -> None:
-    # CrypTen 0.4.1's FixedPointEncoder.decode is off by 1.0 for some negatives (DESIGN.md §4).
+    # CrypTen 0.4.1's FixedPointEncoder.decode is off by 1.0 for some negatives.
     x = np.array([-0.5, -1.25, -3.0000152587890625, -2.0 ** -16, -7.75, -1e-3])
     assert np.array_equal(decode(encode(x, 16), 16), np.round(x * 2**16) / 2**16)
 
