@@ -275,7 +275,7 @@ class Party(Service):
 
     def _on_chunk(self, identity: str, msg: Message) -> Reply | None:
         report_hex = msg.meta["report_id"]
-        up = self.uploads.get(report_hex, identity.removeprefix("client:")) if identity.startswith("client:") else None
+        up = self.uploads.get(report_hex, identity.removeprefix("client:"))  # only clients send chunks (schema)
         if up is None:
             raise RoundStateError("no upload of this report is in progress for this client")
         st = self.rounds[up.round_id]
