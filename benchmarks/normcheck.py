@@ -30,7 +30,7 @@ from fl_client import SecureAggClient
 from parties import Coordinator
 from parties.launcher import LocalDeployment
 
-REVEAL = re.compile(r"event=reveal party=(\d+) round=(\d+) .*peer_bytes=(\d+) seconds=([0-9.]+)")
+REVEAL = re.compile(r"event=reveal party=(\d+) round=(\d+) .*close_s=([0-9.]+) peer_bytes=(\d+)")
 
 
 def _party_close(log_dir: Path, round_id: int) -> tuple[int, float]:
@@ -39,8 +39,8 @@ def _party_close(log_dir: Path, round_id: int) -> tuple[int, float]:
     for log in log_dir.glob("party-*.log"):
         for m in REVEAL.finditer(log.read_text(errors="replace")):
             if int(m[2]) == round_id:
-                total += int(m[3])
-                slowest = max(slowest, float(m[4]))
+                total += int(m[4])
+                slowest = max(slowest, float(m[3]))
     return total, slowest
 
 

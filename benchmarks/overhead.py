@@ -83,7 +83,7 @@ NAME = "w"
 REPO = Path(__file__).resolve().parent.parent
 SHARD_SAMPLES = 5
 RID_HEX = "0" * 16  # a request id as Requester.send makes it: 8 random bytes in hex
-REVEAL_LOG = re.compile(r"event=reveal party=(\d+) round=(\d+) .*seconds=([0-9.]+)")
+REVEAL_LOG = re.compile(r"event=reveal party=(\d+) round=(\d+) .*close_s=([0-9.]+)")
 
 
 def check_repo(module: str = "benchmarks.overhead") -> None:

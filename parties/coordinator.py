@@ -48,6 +48,18 @@ class RoundResult:
     epsilon: float | None = None
     """epsilon so far (the ledger's composition up to this round) at ``delta``; None when un-noised."""
     delta: float | None = None
+    party_stats: tuple[dict[str, Any], ...] = ()
+    """each party's own account of its close, in party order: ``close_s`` (seconds from the close
+    request to the reveal) and ``peer_bytes`` (bytes it sent to other parties during the close)"""
+
+
+def _close_stats(meta: dict[str, Any]) -> dict[str, Any]:
+    """A party's close figures from its SUM_SHARE reply (numbers only; anything else is dropped)."""
+    stats = meta.get("stats")
+    if not isinstance(stats, dict):
+        return {}
+    return {k: v for k, v in stats.items() if k in ("close_s", "peer_bytes")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Coordinator:
@@ -187,7 +199,8 @@ class Coordinator:
         event(log, "reveal", round=round_id, clients=len(clients))
         return RoundResult(round_id, out, clients, weight, tuple(next(iter(cohorts))), time.monotonic() - t0,
                            tuple(answers[0].meta.get("rejected", ())), epsilon,
-                           None if dp_event is None else self.ledger.delta)
+                           None if dp_event is None else self.ledger.delta,
+                           tuple(_close_stats(a.meta) for a in answers))
 
     def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
         answers = self._all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)

@@ -389,12 +389,12 @@ class Party(Service):
         st.total = np.zeros(0, dtype=np.int64)  # the sum share leaves with this reply; keep nothing
         st.stored.clear()
         clients = sorted(st.reports[h] for h in cohort)
+        stats = {"close_s": round(time.monotonic() - t0, 4), "peer_bytes": self.comm.comm_bytes - bytes0}
         event(log, "reveal", party=self.id, round=r, cohort=len(cohort),
-              dropped=len(st.reports) - len(cohort) - len(rejected), rejected=len(rejected),
-              peer_bytes=self.comm.comm_bytes - bytes0, seconds=round(time.monotonic() - t0, 3))
+              dropped=len(st.reports) - len(cohort) - len(rejected), rejected=len(rejected), **stats)
         share = held.share.numpy()
         meta = {"round": r, "party": self.id, "cohort": cohort, "clients": clients,
-                "rejected": sorted(st.reports[h] for h in rejected)}
+                "rejected": sorted(st.reports[h] for h in rejected), "stats": stats}
         # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
         step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
         return MsgType.SUM_SHARE, meta, [share[i:i + step].data for i in range(0, share.size, step)]
