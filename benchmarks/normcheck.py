@@ -8,20 +8,20 @@ One deployment (k party processes + the dealer, CURVE ZeroMQ on loopback); the
 rounds alternate unverified / verified (``verify_norm=True``, clip norm 1, all
 clients honest), clients submit concurrently from n threads.  Reported: median
 round seconds of each kind, their ratio, the parties' own close time, and the
-bytes the parties sent each other during close (their ``event=reveal`` log
-lines, summed over parties; dealer traffic is not included).
+bytes the parties sent each other during close (each party's own figures,
+``RoundResult.party_stats``, summed over parties; dealer traffic is not included).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,18 +30,12 @@ from fl_client import SecureAggClient
 from parties import Coordinator
 from parties.launcher import LocalDeployment
 
-REVEAL = re.compile(r"event=reveal party=(\d+) round=(\d+) .*close_s=([0-9.]+) peer_bytes=(\d+)")
 
-
-def _party_close(log_dir: Path, round_id: int) -> tuple[int, float]:
-    """(peer bytes summed over parties, slowest party's close seconds) for ``round_id``."""
-    total, slowest = 0, 0.0
-    for log in log_dir.glob("party-*.log"):
-        for m in REVEAL.finditer(log.read_text(errors="replace")):
-            if int(m[2]) == round_id:
-                total += int(m[4])
-                slowest = max(slowest, float(m[3]))
-    return total, slowest
+def _party_close(stats: tuple[dict[str, Any], ...], parties: int) -> tuple[int, float]:
+    """(peer bytes summed over parties, slowest party's close seconds) from ``RoundResult.party_stats``."""
+    if len(stats) != parties or any("close_s" not in s or "peer_bytes" not in s for s in stats):
+        raise SystemExit(f"the parties did not report their close figures: {stats}")
+    return sum(int(s["peer_bytes"]) for s in stats), max(float(s["close_s"]) for s in stats)
 
 
 def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> dict:  # type: ignore[type-arg]
@@ -71,7 +65,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
                     took = time.perf_counter() - t0
                     if res.rejected or len(res.clients) != clients:
                         raise SystemExit(f"honest clients were rejected: {res.rejected}")
-                    peer_bytes, close_s = _party_close(ld.log_dir, rid)
+                    peer_bytes, close_s = _party_close(res.party_stats, parties)
                     if rep:
                         out[kind].append(took)
                         out[f"{kind}_close"].append(close_s)
