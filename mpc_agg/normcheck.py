@@ -51,7 +51,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import wraptest
+from . import signcircuit, wraptest
 from .dp import rounded_norm_bound
 from .errors import ConfigError
 
@@ -75,7 +75,8 @@ def norm_bound(*, clip_norm: float, frac_bits: int, dim: int, noise_variance: fl
 
 def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim: int, *,
                  bound: int, frac_bits: int, wrap_seed: bytes,
-                 next_rows: Callable[[int, int, np.ndarray], np.ndarray] | None = None) -> list[bool]:
+                 next_rows: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
+                 project: tuple[bool, bool] = (True, False)) -> list[bool]:
     """Accept/reject bits for ``reports`` shared vectors of ``dim`` values (+ weight at index ``dim``).
 
     ``read_chunk(start, count)`` returns this party's int64 shares, shape (reports, count), of
@@ -89,6 +90,12 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     of this party's shares, it returns party (i+1) mod 3's shares of it, and the squared norm's
     share is computed locally as ``sum(s_i * (s_i + 2 * s_next))`` (the three terms add up to
     (s_0 + s_1 + s_2)**2; Araki et al., CCS 2016, 2-out-of-3 sharing) with no Beaver opening.
+
+    ``project`` = (own, next): which of the shares this party holds go into its share of the
+    projections.  Projections are linear, so any choice that covers every share exactly once over
+    the parties is a sharing of y = <z, x>: each party its own (the default, any k), or at k = 3
+    (cohort.CohortSteps) party 0 none, party 1 s_1 + s_2 and party 2 s_0: two projections of the
+    reports instead of three.
     """
     from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
 
@@ -101,36 +108,49 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     for start in range(0, dim, step):
         count = min(step, dim - start)
         mine = read_chunk(start, count)
+        nxt = None
         if next_rows is not None:  # int64 arithmetic wraps: exactly the ring Z_2^64
-            total += torch.from_numpy((mine * (mine + 2 * next_rows(start, count, mine))).sum(axis=1))
+            nxt = next_rows(start, count, mine)
+            total += torch.from_numpy((mine * (mine + 2 * nxt)).sum(axis=1))
         else:
             x = ArithmeticSharedTensor.from_shares(torch.from_numpy(mine), precision=0)
             total += beaver.square(x).share.sum(dim=1)
-        for off in range(0, count, wraptest.BLOCK):
+        rows = _projected(mine, nxt, project)
+        for off in range(0, count if rows is not None else 0, wraptest.BLOCK):
             c = min(wraptest.BLOCK, count - off)
-            proj += wraptest.project(wraptest.ternary(wrap_seed, start + off, c), mine[:, off:off + c])
+            proj += wraptest.project(wraptest.ternary(wrap_seed, start + off, c), rows[:, off:off + c])
     weight = torch.from_numpy(read_chunk(dim, 1)[:, 0].copy())
     one = 1 << frac_bits
     return _all_nonnegative(total, weight, torch.from_numpy(proj), bound=bound, one=one, limit=limit)
 
 
+def _projected(mine: np.ndarray, nxt: np.ndarray | None, project: tuple[bool, bool]) -> np.ndarray | None:
+    """The rows this party projects: its own share, the next party's, their sum (mod 2**64) or none."""
+    own, other = project
+    if other and nxt is None:
+        raise ConfigError("verify_norms: project=(_, True) needs next_rows")
+    if own and other:
+        return mine + nxt  # type: ignore[operator]
+    return mine if own else nxt if other else None
+
+
 def _all_nonnegative(total: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, *, bound: int, one: int,
                      limit: int) -> list[bool]:
-    """One batched comparison of every test of every report (each must be >= 0), then one more that
-    reveals only whether all of a report's tests passed:
+    """Every test of every report (each must be >= 0) in one boolean circuit that reveals only
+    whether all of a report's tests hold (mpc_agg.signcircuit):
 
         S_j >= 0,  bound - S_j >= 0,  W_j - 2**f >= 0,  2**f - W_j >= 0,
         y_tj + T >= 0,  T - y_tj >= 0   (t < r, the wraparound tests)."""
-    import crypten
-    from crypten.mpc import MPCTensor
+    engine = signcircuit.DealerEngine()
+    pub = _public(engine.rank)
+    tests = torch.cat([torch.stack([total, pub(bound) - total, weight - pub(one), pub(one) - weight]),
+                       proj + pub(limit), pub(limit) - proj])
+    return signcircuit.all_nonnegative(engine, tests)
 
-    s = MPCTensor.from_shares(total, precision=0)
-    w = MPCTensor.from_shares(weight, precision=0)
-    y = MPCTensor.from_shares(proj, precision=0)  # (tests, reports)
-    tests = crypten.cat([crypten.stack([s, bound - s, w - one, one - w]), y + limit, limit - y], dim=0)
-    passed = (1 - tests._ltz()).sum(dim=0)  # per report: how many of its tests hold
-    accepted = 1 - (passed - tests.size(0))._ltz()  # all of them, and nothing else revealed
-    return [bool(v) for v in accepted.reveal().tolist()]
+
+def _public(rank: int) -> Callable[[int], int]:
+    """A public constant's additive share: the constant at party 0, 0 elsewhere."""
+    return lambda c: c if rank == 0 else 0
 
 
 def check_weights(weights: np.ndarray, *, bound: int) -> list[bool]:
@@ -141,11 +161,9 @@ def check_weights(weights: np.ndarray, *, bound: int) -> list[bool]:
     tuples, as above); only their product is revealed.  A single ring element
     compared by its sign cannot wrap: every int64 value outside [1, bound] fails.
     Must run on every party at once inside an active CrypTen session."""
-    import crypten
-    from crypten.mpc import MPCTensor
-
     if weights.size == 0:
         return []
-    w = MPCTensor.from_shares(torch.from_numpy(np.ascontiguousarray(weights, dtype=np.int64)), precision=0)
-    ok = 1 - crypten.stack([w - 1, bound - w])._ltz()
-    return [bool(v) for v in (ok[0] * ok[1]).reveal().tolist()]
+    engine = signcircuit.DealerEngine()
+    pub = _public(engine.rank)
+    w = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.int64))
+    return signcircuit.all_nonnegative(engine, torch.stack([w - pub(1), pub(bound) - w]))

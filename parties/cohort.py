@@ -28,6 +28,10 @@ from mpc_agg.store import RoundStore, StoredReport
 
 __all__ = ["CohortSteps", "HeldRound"]
 
+REPLICATED_PROJECTS = ((False, False), (True, True), (False, True))
+"""k = 3: which held shares each party projects (own, next): party 1 s_1 + s_2, party 2 the leader's
+s_0 as it arrives, the leader none (it also encrypts its rows for party 2); mpc_agg.normcheck."""
+
 
 class HeldRound(Protocol):
     """What a party holds of an open round (parties.party keeps one per round)."""
@@ -85,9 +89,10 @@ class CohortSteps:
         spec = self.st.spec
         if spec.verify_norm:
             seed = self._wrap_seed(session)
+            nxt = self._replicated(cohort) if self.k == 3 else None
             ok = verify_norms(lambda start, count: self.share_rows(cohort, start, count), len(cohort), spec.dim,
-                              bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed,
-                              next_rows=self._replicated(cohort) if self.k == 3 else None)
+                              bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed, next_rows=nxt,
+                              project=REPLICATED_PROJECTS[self.party] if nxt else (True, False))
         elif dealer:
             ok = check_weights(self.share_rows(cohort, spec.dim, 1)[:, 0], bound=spec.weight_bound())
         else:
