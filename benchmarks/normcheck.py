@@ -10,12 +10,16 @@ clients honest), clients submit concurrently from n threads.  Reported: median
 round seconds of each kind, their ratio, the parties' own close time, and the
 bytes the parties sent each other during close (each party's own figures,
 ``RoundResult.party_stats``, summed over parties; dealer traffic is not included).
+Also the CPU seconds each round costs (parties, dealer, and this process's clients
+and coordinator; Linux /proc), which a shared machine's load does not inflate as
+much as wall time, and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -38,12 +42,26 @@ def _party_close(stats: tuple[dict[str, Any], ...], parties: int) -> tuple[int, 
     return sum(int(s["peer_bytes"]) for s in stats), max(float(s["close_s"]) for s in stats)
 
 
+def _cpu_s(ld: LocalDeployment) -> float:
+    """CPU seconds used so far by the deployment's processes and this one (nan where /proc is missing)."""
+    total = time.process_time()
+    for proc in ld.procs.values():
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> dict:  # type: ignore[type-arg]
     rng = np.random.default_rng(0)
     updates = rng.normal(size=(clients, dim))
     updates /= np.linalg.norm(updates, axis=1, keepdims=True) * 1.25  # norm 0.8 < clip 1
     out: dict[str, list[float]] = {"plain": [], "verified": [], "plain_close": [], "verified_close": [],
-                                   "plain_bytes": [], "verified_bytes": []}
+                                   "plain_bytes": [], "verified_bytes": [],
+                                   "plain_cpu": [], "verified_cpu": []}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="mpc-agg-normcheck-") as tmp, \
             LocalDeployment(tmp, parties=parties, clients=clients, min_clients=min(3, clients),
                             allow_verify_norm=True) as ld, \
@@ -56,13 +74,13 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
             for rep in range(repeat + 1):  # the first pair is a warm-up
                 for kind in ("plain", "verified"):
                     rid += 1
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), _cpu_s(ld)
                     coord.open_round(rid, shapes={"w": (dim,)}, min_clients=min(3, clients), clip_norm=1.0,
                                      verify_norm=kind == "verified", timeout_s=timeout_s)
                     run_concurrently(pool, [lambda c=c, u=u: c.submit(rid, {"w": u}) for c, u in zip(cls, updates)],
                                       timeout_s)
                     res = coord.close_round(rid, timeout_s=timeout_s)
-                    took = time.perf_counter() - t0
+                    took, cpu = time.perf_counter() - t0, _cpu_s(ld) - cpu0
                     if res.rejected or len(res.clients) != clients:
                         raise SystemExit(f"honest clients were rejected: {res.rejected}")
                     peer_bytes, close_s = _party_close(res.party_stats, parties)
@@ -70,11 +88,13 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
                         out[kind].append(took)
                         out[f"{kind}_close"].append(close_s)
                         out[f"{kind}_bytes"].append(peer_bytes)
+                        out[f"{kind}_cpu"].append(cpu)
                     print(f"  {'warm-up' if not rep else f'repeat {rep}'}: {kind:8s} round {took:.3f} s, "
-                          f"parties' close {close_s:.3f} s, peer bytes {peer_bytes:,}", flush=True)
+                          f"parties' close {close_s:.3f} s, CPU {cpu:.2f} s, peer bytes {peer_bytes:,}", flush=True)
         finally:
             for c in cls:
                 c.close()
+    load.append(os.getloadavg()[0])
     ratio = [v / p for v, p in zip(out["verified"], out["plain"])]
     return {"unverified_round_s": statistics.median(out["plain"]),
             "verified_round_s": statistics.median(out["verified"]), "ratio": statistics.median(ratio),
@@ -82,6 +102,8 @@ def run(clients: int, dim: int, parties: int, repeat: int, timeout_s: float) -> 
             "verified_close_s": statistics.median(out["verified_close"]),
             "unverified_peer_bytes": statistics.median(out["plain_bytes"]),
             "verified_peer_bytes": statistics.median(out["verified_bytes"]),
+            "unverified_cpu_s": statistics.median(out["plain_cpu"]),
+            "verified_cpu_s": statistics.median(out["verified_cpu"]), "load_average": load,
             "params": {"clients": clients, "dim": dim, "parties": parties, "repeat": repeat}}
 
 
@@ -102,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  parties' close: unverified {rep['unverified_close_s']:.3f} s, verified {rep['verified_close_s']:.3f} s")
     print(f"  bytes between parties during close: unverified {rep['unverified_peer_bytes']:,.0f}, "
           f"verified {rep['verified_peer_bytes']:,.0f}")
+    print(f"  CPU per round (all processes): unverified {rep['unverified_cpu_s']:.2f} s, "
+          f"verified {rep['verified_cpu_s']:.2f} s; load average {rep['load_average'][0]:.2f} before, "
+          f"{rep['load_average'][1]:.2f} after")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rep, indent=2))

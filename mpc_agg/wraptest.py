@@ -50,8 +50,9 @@ FALSE_REJECT = 2.0**-30
 """Probability that an honest report within the bound fails any projection test."""
 MAX_T = 2.0**30.5 / (2 * (math.sqrt(2 / math.pi) + 4 * 0.56))
 """Largest threshold for which a single test has soundness error <= 1/2 (module docstring)."""
-BLOCK = 1 << 16
-"""Coordinates per projection block: the float64 ternary block is TESTS x BLOCK (21 MB)."""
+BLOCK = 1 << 14
+"""Coordinates per projection block: the float64 ternary block is TESTS x BLOCK (5 MB, cache-sized;
+65,536 took 45% more CPU at n = 10: benchmarks.normcheck)."""
 
 # every byte gives four z values, two bits each: (b1, b2) -> b1 - b2; the four int8 values of a byte are
 # packed in one uint32, so expanding a keystream is one gather of 4-byte words

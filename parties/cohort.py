@@ -29,8 +29,10 @@ from mpc_agg.store import RoundStore, StoredReport
 __all__ = ["CohortSteps", "HeldRound"]
 
 REPLICATED_PROJECTS = ((False, False), (True, True), (False, True))
-"""k = 3: which held shares each party projects (own, next): party 1 s_1 + s_2, party 2 the leader's
-s_0 as it arrives, the leader none (it also encrypts its rows for party 2); mpc_agg.normcheck."""
+"""k = 3: which held shares each party projects (own, next), mpc_agg.normcheck: party 1 s_1 + s_2,
+party 2 the leader's s_0 as it arrives, the leader none (it reads and encrypts those rows)."""
+LEADER_WINDOW = 2
+"""k = 3: chunks of its share the leader may send party 2 before party 2 acknowledges one."""
 
 
 class HeldRound(Protocol):
@@ -103,21 +105,32 @@ class CohortSteps:
         """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
 
         Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
-        to party 2, chunk by chunk.  Each party then holds two of the three shares of every report."""
+        to party 2, chunk by chunk, at most ``LEADER_WINDOW`` chunks ahead of party 2's acknowledgements
+        (so no queue holds more than that).  Each party then holds two of the three shares of every
+        report."""
         if self.party > 0:  # seeds of the cohort's reports, in cohort order
             seeds = b"".join(self.store.read_material(self.st.dir, self.st.stored[h]) for h in cohort)
             self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.party - 1)
         nxt = (self.party + 1) % 3
         if nxt == 0:
             def from_leader(start: int, count: int, mine: np.ndarray) -> np.ndarray:
-                return self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
+                rows = self.comm.recv(torch.empty(mine.shape, dtype=torch.int64), 0).numpy()
+                self.comm.send(torch.zeros(1, dtype=torch.int64), 0)
+                return rows
             return from_leader
         raw = self.comm.recv(torch.empty(4 * len(cohort), dtype=torch.int64), nxt).numpy().tobytes()
         peer_seeds = [raw[32 * j:32 * j + 32] for j in range(len(cohort))]
+        unacked = 0
 
         def from_seeds(start: int, count: int, mine: np.ndarray) -> np.ndarray:
+            nonlocal unacked
             if self.party == 0:
                 self.comm.send(torch.from_numpy(mine), 2)
+                unacked += 1
+                last = start + count >= self.st.spec.dim
+                while unacked > (0 if last else LEADER_WINDOW - 1):  # the last chunk: every ack, none left over
+                    self.comm.recv(torch.empty(1, dtype=torch.int64), 2)
+                    unacked -= 1
             rows = np.empty_like(mine)
             for j, h in enumerate(cohort):
                 ctx = ShareContext(self.st.spec.round_id, self.st.reports[h], bytes.fromhex(h))

@@ -125,6 +125,19 @@ def test_wrapping_cheats_are_rejected(vdep: LocalDeployment, round_id: int) -> N
         assert res.rejected == tuple(f"client-{3 + j}" for j in range(len(names))), (names, res.rejected)
         assert res.clients == ("client-0", "client-1", "client-2")
         assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+def test_many_chunks_are_verified(vdep: LocalDeployment, round_id: int) -> None:
+    """Four reports of 1.1 M values span three chunks of the norm loop (mpc_agg.normcheck.CHUNK_ELEMENTS):
+    at k = 3 the leader streams its rows to party 2 ahead of its acknowledgements (parties.cohort)."""
+    dim = 1_100_000
+    rng = np.random.default_rng(round_id)
+    honest = [v / np.linalg.norm(v) * 0.999 * CLIP for v in rng.normal(size=(3, dim))]
+    over = np.zeros(dim)
+    over[-5:] = 1.0  # norm 2.2: only the last chunk holds it
+    res = _round(vdep, round_id, [*honest, over], verify=True, clip=[True] * 3 + [False])
+    assert res.rejected == ("client-3",) and res.clients == ("client-0", "client-1", "client-2")
+    assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+
+
 def test_client_floor_refuses_verified_rounds_unless_it_consents(vdep: LocalDeployment, round_id: int) -> None:
     """verify_norm lowers who must collude to 2 servers: a client whose floor asks for more refuses (typed,
     before anything is shared); consenting clients' round closes, and so does the next unverified one."""
