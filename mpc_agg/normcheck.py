@@ -13,16 +13,17 @@ number of communication rounds grows with d/chunk, not with n), either
   the dealer (one ``square`` opening per chunk).  Private unless the dealer
   colludes with a party.  Moves k(k-1)·8·d bytes per report,
 
-and, in the same pass over the shares, each party's share of r = 40 random ternary
-projections y_tj = <z_t, x_j> (mpc_agg.wraptest: the seed is drawn by the parties
-after the reports are fixed).  Then the sign tests of all reports go into one
-batched CrypTen comparison (binary tuples from the dealer; a dealer colluding with a
-party could learn norms there, not updates):
+and, in the same pass over the shares, shares of r = 40 random ternary projections
+y_tj = <z_t, x_j> (mpc_agg.wraptest: the seed is drawn by the parties after the
+reports are fixed; at k = 3 two of the parties project, see ``verify_norms``).  Then
+the sign tests of all reports go into one boolean circuit (mpc_agg.signcircuit: AND
+triples from the dealer; a dealer colluding with a party could learn norms there, not
+updates):
 
     S_j >= 0,  S_j <= bound,  W_j >= 2**f,  W_j <= 2**f,  |y_tj| <= T  (t < r)
 
-and one more comparison reveals only whether all of them hold: accept or reject.
-No party sees a norm or a projection.
+which reveals only whether all of them hold: accept or reject.  No party sees a
+norm, a projection, or which test failed.
 
 ``norm_bound`` is the squared bound in ring units (scale 2**(2f)).  It covers the
 vector *as shared*: clipped to C, rounded, and, in noised rounds, with the
@@ -157,8 +158,8 @@ def check_weights(weights: np.ndarray, *, bound: int) -> list[bool]:
     """Accept/reject bits: is each report's shared weight coordinate W_j in [1, bound] (ring units)?
 
     ``weights`` is this party's int64 share of each W_j.  The two sign tests
-    W_j - 1 >= 0 and bound - W_j >= 0 are one batched CrypTen comparison (dealer
-    tuples, as above); only their product is revealed.  A single ring element
+    W_j - 1 >= 0 and bound - W_j >= 0 go into the sign circuit (dealer triples, as
+    above); only whether both hold is revealed.  A single ring element
     compared by its sign cannot wrap: every int64 value outside [1, bound] fails.
     Must run on every party at once inside an active CrypTen session."""
     if weights.size == 0:
