@@ -102,10 +102,10 @@ def project(z: npt.NDArray[np.float64], shares: npt.NDArray[np.int64]) -> npt.ND
     are recombined with wrapping int64 arithmetic."""
     if shares.shape[1] > BLOCK:
         raise ValueError(f"project takes at most {BLOCK} coordinates at a time")
-    u = shares.view(np.uint64)
-    n = shares.shape[0]
-    halves = np.empty((2 * n, shares.shape[1]))
-    np.bitwise_and(u, np.uint64(0xFFFFFFFF), out=halves[:n], casting="unsafe")
-    np.right_shift(u, np.uint64(32), out=halves[n:], casting="unsafe")
-    both = halves @ z.T  # (2 * reports, tests)
-    return (both[:n].astype(np.int64) + (both[n:].astype(np.int64) << np.int64(32))).T
+    n, count = shares.shape
+    words = shares.astype("<i8", copy=False).view("<u4").reshape(n, count, 2)  # (low, high) 32-bit halves
+    halves = np.empty((2 * n, count))
+    np.copyto(halves[:n], words[:, :, 0], casting="unsafe")
+    np.copyto(halves[n:], words[:, :, 1], casting="unsafe")
+    both = z @ halves.T  # (tests, 2 * reports)
+    return both[:, :n].astype(np.int64) + (both[:, n:].astype(np.int64) << np.int64(32))
