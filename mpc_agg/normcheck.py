@@ -17,8 +17,8 @@ and, in the same pass over the shares, shares of r = 40 random ternary projectio
 y_tj = <z_t, x_j> (mpc_agg.wraptest: the seed is drawn by the parties after the
 reports are fixed; at k = 3 two of the parties project, see ``verify_norms``).  Then
 the sign tests of all reports go into one boolean circuit (mpc_agg.signcircuit: AND
-triples from the dealer; a dealer colluding with a party could learn norms there, not
-updates):
+triples from the dealer; a dealer colluding with a party could learn norms and
+projections there, not updates):
 
     S_j >= 0,  S_j <= bound,  W_j >= 2**f,  W_j <= 2**f,  |y_tj| <= T  (t < r)
 
