@@ -95,7 +95,7 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     ``project`` = (own, next): which of the shares this party holds go into its share of the
     projections.  Projections are linear, so any choice that covers every share exactly once over
     the parties is a sharing of y = <z, x>: each party its own (the default, any k), or at k = 3
-    (parties.cohort) party 0 s_0, party 1 s_1 + s_2 and party 2 none: two projections of the
+    (parties.cohort) party 0 none, party 1 s_1 + s_2 and party 2 s_0: two projections of the
     reports instead of three.
     """
     from crypten.mpc.primitives import ArithmeticSharedTensor, beaver

@@ -28,9 +28,9 @@ from mpc_agg.store import RoundStore, StoredReport
 
 __all__ = ["CohortSteps", "HeldRound"]
 
-REPLICATED_PROJECTS = ((True, False), (True, True), (False, False))
-"""k = 3: which held shares each party projects (own, next), mpc_agg.normcheck: the leader s_0, party 1
-s_1 + s_2, party 2 none (decrypting the leader's rows costs it about as much as a projection)."""
+REPLICATED_PROJECTS = ((False, False), (True, True), (False, True))
+"""k = 3: which held shares each party projects (own, next), mpc_agg.normcheck: party 1 s_1 + s_2,
+party 2 the leader's s_0 as it arrives, the leader none (it reads and encrypts those rows)."""
 LEADER_WINDOW = 2
 """k = 3: chunks of its share the leader may send party 2 before party 2 acknowledges one."""
 
