@@ -128,11 +128,11 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
 def _projected(mine: np.ndarray, nxt: np.ndarray | None, project: tuple[bool, bool]) -> np.ndarray | None:
     """The rows this party projects: its own share, the next party's, their sum (mod 2**64) or none."""
     own, other = project
-    if other and nxt is None:
+    if not other:
+        return mine if own else None
+    if nxt is None:
         raise ConfigError("verify_norms: project=(_, True) needs next_rows")
-    if own and other:
-        return mine + nxt  # type: ignore[operator]
-    return mine if own else nxt if other else None
+    return mine + nxt if own else nxt
 
 
 def _all_nonnegative(total: torch.Tensor, weight: torch.Tensor, proj: torch.Tensor, *, bound: int, one: int,

@@ -94,7 +94,7 @@ class CohortSteps:
             nxt = self._replicated(cohort) if self.k == 3 else None
             ok = verify_norms(lambda start, count: self.share_rows(cohort, start, count), len(cohort), spec.dim,
                               bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed, next_rows=nxt,
-                              project=REPLICATED_PROJECTS[self.party] if nxt else (True, False))
+                              project=REPLICATED_PROJECTS[self.party] if nxt is not None else (True, False))
         elif dealer:
             ok = check_weights(self.share_rows(cohort, spec.dim, 1)[:, 0], bound=spec.weight_bound())
         else:
