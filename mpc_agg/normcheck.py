@@ -77,7 +77,7 @@ def norm_bound(*, clip_norm: float, frac_bits: int, dim: int, noise_variance: fl
 def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim: int, *,
                  bound: int, frac_bits: int, wrap_seed: bytes,
                  next_rows: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
-                 project: tuple[bool, bool] = (True, False)) -> list[bool]:
+                 project: tuple[bool, bool] = (True, False), chunk: int | None = None) -> list[bool]:
     """Accept/reject bits for ``reports`` shared vectors of ``dim`` values (+ weight at index ``dim``).
 
     ``read_chunk(start, count)`` returns this party's int64 shares, shape (reports, count), of
@@ -97,13 +97,16 @@ def verify_norms(read_chunk: Callable[[int, int], np.ndarray], reports: int, dim
     the parties is a sharing of y = <z, x>: each party its own (the default, any k), or at k = 3
     (parties.cohort) party 0 none, party 1 s_1 + s_2 and party 2 s_0: two projections of the
     reports instead of three.
+
+    ``chunk``: ring elements per chunk (default ``CHUNK_ELEMENTS``); smaller suits k = 3, where a
+    chunk costs no MPC round.
     """
     from crypten.mpc.primitives import ArithmeticSharedTensor, beaver
 
     if reports == 0:
         return []
     limit = wraptest.check_fits(bound)
-    step = max(64, (CHUNK_ELEMENTS // reports) & ~63)  # keystream slices start on AES blocks
+    step = max(64, ((chunk or CHUNK_ELEMENTS) // reports) & ~63)  # keystream slices start on AES blocks
     total = torch.zeros(reports, dtype=torch.int64)
     proj = np.zeros((wraptest.TESTS, reports), dtype=np.int64)
     for start in range(0, dim, step):
