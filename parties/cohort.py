@@ -94,11 +94,12 @@ class CohortSteps:
         spec = self.st.spec
         if spec.verify_norm:
             seed = self._wrap_seed(session)
-            nxt = self._replicated(cohort) if self.k == 3 else None
+            replicated = self.k == 3
             ok = verify_norms(lambda start, count: self.share_rows(cohort, start, count), len(cohort), spec.dim,
-                              bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed, next_rows=nxt,
-                              project=REPLICATED_PROJECTS[self.party] if nxt is not None else (True, False),
-                              chunk=REPLICATED_CHUNK if nxt is not None else None)
+                              bound=spec.norm_bound(), frac_bits=spec.frac_bits, wrap_seed=seed,
+                              next_rows=self._replicated(cohort) if replicated else None,
+                              project=REPLICATED_PROJECTS[self.party] if replicated else (True, False),
+                              chunk=REPLICATED_CHUNK if replicated else None)
         elif dealer:
             ok = check_weights(self.share_rows(cohort, spec.dim, 1)[:, 0], bound=spec.weight_bound())
         else:

@@ -125,6 +125,8 @@ def test_wrapping_cheats_are_rejected(vdep: LocalDeployment, round_id: int) -> N
         assert res.rejected == tuple(f"client-{3 + j}" for j in range(len(names))), (names, res.rejected)
         assert res.clients == ("client-0", "client-1", "client-2")
         assert np.allclose(res.average["w"].numpy(), np.mean(honest, axis=0), atol=3 * 2.0**-24)
+
+
 def test_many_chunks_are_verified(vdep: LocalDeployment, round_id: int) -> None:
     """Four reports of 1.1 M values span several chunks of the norm loop: three at k = 2
     (mpc_agg.normcheck.CHUNK_ELEMENTS), 17 at k = 3, where the leader streams its rows to party 2 up to
