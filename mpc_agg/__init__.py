@@ -22,6 +22,7 @@ from .errors import (
     NoiseRangeError,
     RangeError,
     RefusedError,
+    RingSizeError,
     RoundStateError,
     SpecMismatchError,
     TrustError,
@@ -61,5 +62,6 @@ __all__ = [
     "BudgetExceededError",
     "NoiseFloorError",
     "NoiseRangeError",
+    "RingSizeError",
     "TrustError",
 ]

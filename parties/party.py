@@ -46,6 +46,7 @@ from mpc_agg.errors import (
     WireError,
 )
 from mpc_agg.logs import event
+from mpc_agg.ring import chunk_nbytes, sum_share_frames, widen_chunk
 from mpc_agg.sharing import SEED_BYTES, ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
@@ -193,7 +194,8 @@ class Party(Service):
                 op(view, np.frombuffer(block, dtype="<i8"), out=view)
         else:
             ctx = ShareContext(st.spec.round_id, rep.client, bytes.fromhex(rep.report))
-            accumulate_seed(st.total, self.store.read_material(st.dir, rep), ctx, self.id, subtract=subtract)
+            accumulate_seed(st.total, self.store.read_material(st.dir, rep), ctx, self.id, subtract=subtract,
+                            bits=st.spec.ring_bits)
 
     def _check_report(self, identity: str, meta: dict[str, Any]) -> tuple[_Round, str, str]:
         """The checks every new report passes before any of it is accepted: (round, client, report id)."""
@@ -208,8 +210,9 @@ class Party(Service):
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
-        if len(st.reports) >= self.cfg.max_reports:  # the leader may hold one more in flight: still no wrap
-            raise RoundStateError(f"round {st.spec.round_id} is full ({self.cfg.max_reports} reports)")
+        cap = min(self.cfg.max_reports, st.spec.cohort_limit)  # a cohort is within every helper's cap: no wrap
+        if len(st.reports) >= cap:
+            raise RoundStateError(f"round {st.spec.round_id} is full ({cap} reports)")
         return st, client, report_hex
 
     def _acknowledge(self, st: _Round, client: str, report_hex: str, stored: StoredReport) -> None:
@@ -229,7 +232,7 @@ class Party(Service):
         material = msg.payloads[0]
         stored = self.store.add_report(st.dir, report_hex, client, material, sync=False)
         accumulate_seed(st.total, bytes(material), ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex)),
-                        self.id)
+                        self.id, bits=st.spec.ring_bits)
         self._acknowledge(st, client, report_hex, stored)
         return self._ack_when_durable(st, identity, msg, {"report_id": report_hex})
 
@@ -281,13 +284,15 @@ class Party(Service):
         st = self.rounds[up.round_id]
         size = st.spec.dim + 1
         count = min(self.chunk_values, size - up.received)
-        if msg.meta["offset"] != up.received or msg.payloads[0].nbytes != 8 * count:
+        bits = st.spec.ring_bits  # 32-bit shares are kept sign-extended to int64, on disk and in the sum
+        if msg.meta["offset"] != up.received or msg.payloads[0].nbytes != chunk_nbytes(bits, size - 1, up.received,
+                                                                                      count):
             self._abort(up, "bad chunk")
             raise WireError(f"expected the chunk at {up.received} of {count} values")
-        chunk = msg.payloads[0]
-        up.writer.write(chunk)
+        chunk = widen_chunk(msg.payloads[0], bits, size - 1, up.received, count)
+        up.writer.write(chunk.data)
         view = st.total[up.received:up.received + count]
-        np.add(view, np.frombuffer(chunk, dtype="<i8"), out=view)
+        np.add(view, chunk, out=view)
         self.uploads.progress(up, count, time.monotonic())
         if up.received < size:
             return MsgType.OK, {"report_id": report_hex, "next": up.received}, []
@@ -397,7 +402,7 @@ class Party(Service):
                 "rejected": sorted(st.reports[h] for h in rejected), "stats": stats}
         # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
         step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
-        return MsgType.SUM_SHARE, meta, [share[i:i + step].data for i in range(0, share.size, step)]
+        return MsgType.SUM_SHARE, meta, sum_share_frames(share, st.spec.ring_bits, step)
 
 
 def run_party(config: str | os.PathLike[str], party_id: int) -> int:

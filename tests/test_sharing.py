@@ -65,7 +65,16 @@ def test_split_validates_input() -> None:
 def test_expansion_slices_match_the_whole() -> None:
     seed = b"\x07" * 32
     whole = expand_seed(seed, CTX, 2, 300_000)
-    for start, n in ((0, 10), (2, 5), (131_072, 1000), (299_990, 10)):
+    for start, n in ((0, 10), (2, 5), (3, 4), (131_072, 1000), (131_075, 9), (299_990, 10)):
         assert np.array_equal(expand_seed(seed, CTX, 2, n, start=start), whole[start:start + n])
     with pytest.raises(EncodingError):
-        expand_seed(seed, CTX, 2, 4, start=3)
+        expand_seed(seed, CTX, 2, 4, start=-1)
+
+
+def test_32_bit_stream_is_the_same_bytes_read_as_int32() -> None:
+    seed = b"\x09" * 32
+    raw = expand_seed(seed, CTX, 1, 50).astype("<i8").tobytes()
+    narrow = expand_seed(seed, CTX, 1, 100, bits=32)
+    assert np.array_equal(narrow, np.frombuffer(raw, dtype="<i4"))
+    for start, n in ((1, 7), (5, 30), (99, 1)):  # any start, not only whole AES blocks
+        assert np.array_equal(expand_seed(seed, CTX, 1, n, start=start, bits=32), narrow[start:start + n])
