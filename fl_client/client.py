@@ -183,7 +183,7 @@ class SecureAggClient:
             encode(x, spec.frac_bits, scale=weight, out=ring[:-1], bound=bound)
             encode([weight], spec.frac_bits, out=ring[-1:])
         else:
-            ring = np.append(self._noised(x, event, clipped=clip, bound=bound), encode([weight], spec.frac_bits))
+            ring = np.append(self._noised(x, event, clipped=clip, limit=bound), encode([weight], spec.frac_bits))
         try:
             return self.upload_encoded(spec, ring)
         finally:  # delivered, or perhaps delivered before a timeout: spent either way (once per round)
@@ -260,9 +260,9 @@ class SecureAggClient:
         return event
 
     @staticmethod
-    def _noised(x: np.ndarray, event: SkellamRound, *, clipped: bool, bound: int | None = None) -> np.ndarray:
+    def _noised(x: np.ndarray, event: SkellamRound, *, clipped: bool, limit: int | None = None) -> np.ndarray:
         """Scale, randomly round (conditioned on the norm bound) and add this client's Skellam share;
-        ``bound``: a 32-bit round's limit on |value| (RoundSpec.report_bound)."""
+        ``limit``: a 32-bit round's bound on |value| (RoundSpec.report_bound)."""
         rng = csprng()
         bound = rounded_norm_bound(event.clip_norm * event.scale, event.dim) if clipped else math.inf
         ints = randomized_round(x * event.scale, bound, rng)
@@ -270,8 +270,8 @@ class SecureAggClient:
         peak = int(np.max(np.abs(ints))) if ints.size else 0
         if peak >= 2 ** (63 - HEADROOM_BITS):
             raise RangeError("noised update would wrap the ring: lower frac_bits")
-        if bound is not None and peak > bound:
-            raise RangeError(f"noised update exceeds {bound} ring units, the bound this round's 32-bit ring "
+        if limit is not None and peak > limit:
+            raise RangeError(f"noised update exceeds {limit} ring units, the bound this round's 32-bit ring "
                              "was sized for: clip the update")
         return ints
 
