@@ -182,8 +182,14 @@ def test_real_rounds_32_and_64_bits(dep3: LocalDeployment, round_id: int) -> Non
                     c.submit(rid, {"w": updates[i]}, weight=weights[i])
                     if i == 0:
                         sent[bits] = c.bytes_sent
+            with SecureAggClient(dep3.deployment, "client-5") as c:  # weight 3 > max_weight 2: the 64-bit
+                vec = np.empty(d + 1, dtype=np.int64)  # weight check drops it in both rings
+                encode(updates[0], spec.frac_bits, scale=3.0, out=vec[:-1])
+                encode([3.0], spec.frac_bits, out=vec[-1:])
+                c.upload_encoded(c.fetch_spec(rid), vec)
             res = coord.close_round(rid, timeout_s=60)
             err = float(np.max(np.abs(res.average["w"].numpy() - expected)))
+            assert res.rejected == ("client-5",) and len(res.clients) == n, res
             assert res.total_weight == sum(weights) and err <= n * 2.0 ** -(spec.frac_bits + 1) / 3.5, (bits, err)
         assert sent[32] <= 4 * d + 1024 < 8 * d <= sent[64]
         # a client refuses an update past the 32-bit round's bound (clip=False), before sending anything
