@@ -26,7 +26,7 @@ from .logs import event
 from .transport import SecureContext, recv_authenticated
 from .wire import Message, MsgType, encode_message, require
 
-__all__ = ["Service", "Reply", "ReplyTo", "Request", "reporting_client"]
+__all__ = ["Service", "Reply", "ReplyTo", "Request", "dispatch", "new_counters", "reporting_client"]
 
 Reply = tuple[MsgType, dict[str, Any], Sequence[Any]]
 
@@ -54,6 +54,7 @@ class Request:
 
 
 Handler = Callable[[Request], "Reply | None"]
+log = logging.getLogger("mpc_agg.service")
 
 
 def _peak_rss_bytes() -> int:
@@ -71,6 +72,33 @@ def reporting_client(identity: str, meta: dict[str, Any]) -> str:
     return client
 
 
+def dispatch(handlers: dict[MsgType, Handler], req: Request, *, validate: Callable[[str, Message], None] | None,
+             counters: dict[str, int], name: str) -> Reply | MpcAggError | None:
+    """One request through ``validate`` and its handler: the reply, the typed error to send instead,
+    or None (answered later).  Any other exception is logged, counted and becomes an internal error."""
+    handler = handlers.get(req.msg.type)
+    try:
+        if handler is None:
+            raise WireError(f"message type {req.msg.type.name} is not served here")
+        if validate is not None:
+            validate(req.identity, req.msg)
+        return handler(req)
+    except MpcAggError as exc:
+        counters["refused"] += 1
+        event(log, "refused", service=name, identity=req.identity, type=req.msg.type.name,
+              code=exc.code, reason=exc)
+        return exc
+    except Exception as exc:  # a bug or a library failure must not take the service down
+        counters["internal_errors"] += 1
+        event(log, "internal_error", logging.ERROR, exc_info=True, service=name, identity=req.identity,
+              type=req.msg.type.name)
+        return MpcAggError(f"{name}: internal error ({type(exc).__name__}); see its log")
+
+
+def new_counters() -> dict[str, int]:
+    return {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
+
+
 class Service:
     """Serve ``handlers`` on ``sock`` until stopped; closes ``sctx`` at the end.
 
@@ -80,7 +108,7 @@ class Service:
     ``health_interval_s`` the service logs one ``event=health`` line.
     """
 
-    log = logging.getLogger("mpc_agg.service")
+    log = log
     drain_s = 10.0
     drain_idle_s = 0.2
     health_interval_s = 60.0
@@ -91,7 +119,7 @@ class Service:
         self.validate = validate
         self._stop = False
         self.started = time.monotonic()
-        self.counters = {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
+        self.counters = new_counters()
 
     def stop(self, *_: Any) -> None:
         self._stop = True
@@ -156,28 +184,9 @@ class Service:
 
     def serve_request(self, req: Request) -> None:
         """Validate and handle one request, then send its reply or typed error (None: answered later)."""
-        handler = self.handlers.get(req.msg.type)
-        try:
-            if handler is None:
-                raise WireError(f"message type {req.msg.type.name} is not served here")
-            if self.validate is not None:
-                self.validate(req.identity, req.msg)
-            result = handler(req)
-        except MpcAggError as exc:
-            self.counters["refused"] += 1
-            event(self.log, "refused", service=self.name, identity=req.identity, type=req.msg.type.name,
-                  code=exc.code, reason=exc)
-            self.send_reply(req.reply_to, exc)
-            return
-        except Exception as exc:  # a bug or a library failure must not take the service down
-            self.counters["internal_errors"] += 1
-            event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name,
-                  identity=req.identity, type=req.msg.type.name)
-            self.send_reply(req.reply_to,
-                            MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
-            return
-        if result is not None:
-            self.send_reply(req.reply_to, result)
+        answer = dispatch(self.handlers, req, validate=self.validate, counters=self.counters, name=self.name)
+        if answer is not None:
+            self.send_reply(req.reply_to, answer)
 
     def send_reply(self, to: ReplyTo | None, answer: Reply | MpcAggError) -> None:
         """Send ``answer`` (a reply, or a typed error as an ERROR message) to a request's token."""
