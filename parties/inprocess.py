@@ -21,10 +21,11 @@ import numpy as np
 
 from mpc_agg.config import PartyConfig
 from mpc_agg.errors import MpcAggError
-from mpc_agg.fixedpoint import decode, encode
+from mpc_agg.fixedpoint import decode_average, encode
 from mpc_agg.messages import validate_request
 from mpc_agg.service import Reply, ReplyTo, Request, dispatch, new_counters
-from mpc_agg.sharing import ShareContext, leader_share, new_seeds
+from mpc_agg.ring import add_sum_share
+from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import MsgType, decode_message, encode_message
 from parties.agreement import Collective, LocalGroup, LocalPeer
@@ -117,10 +118,13 @@ class InProcess:
             if isinstance(go, MpcAggError) or go is None:
                 answers.append(go)
                 continue
-            share = leader_share(ring, seeds, ShareContext(spec.round_id, client, report_id))
-            for start in range(0, share.size, self.chunk_values):
+            ctx = ShareContext(spec.round_id, client, report_id)
+            for start in range(0, ring.size, self.chunk_values):  # the round's wire layout (mpc_agg.ring)
+                part = ring[start:start + self.chunk_values]
+                share = (leader_chunk32(part, seeds, ctx, start=start, dim=spec.dim) if spec.ring_bits == 32
+                         else leader_share(part, seeds, ctx, start=start))
                 last = self.request(0, who, MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
-                                    [share[start:start + self.chunk_values].data])
+                                    [share.data])
             answers.append(last or self.settle(0)[-1])
         return answers
 
@@ -140,11 +144,10 @@ class InProcess:
 
     @staticmethod
     def average(spec: RoundSpec, answers: Sequence[Answer | None]) -> np.ndarray:
-        """The coordinator's step: add the sum shares mod 2**64, decode, divide by the total weight."""
+        """The coordinator's step: add the sum shares (mpc_agg.ring), decode, divide by the total weight."""
         ring = np.zeros(spec.dim + 1, dtype=np.int64)
-        for a in answers:
+        for i, a in enumerate(answers):
             if not isinstance(a, tuple) or a[0] != MsgType.SUM_SHARE:
                 raise MpcAggError(f"a party did not reveal: {a}")
-            ring += np.frombuffer(b"".join(bytes(p) for p in a[2]), dtype="<i8")
-        values = decode(ring, spec.frac_bits)
-        return values[:-1] / values[-1]
+            add_sum_share(ring, a[2], spec.ring_bits, f"party {i}")
+        return decode_average(ring, spec.frac_bits, ring_bits=spec.ring_bits)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
 from parties.coordinator import Coordinator
+from parties.inprocess import InProcess
 from parties.launcher import LocalDeployment
 
 WEIGHTS = (0.5, 1.0, 1.5, 2.0)  # exact in fixed point: the weight adds no decoding error
@@ -206,3 +208,38 @@ def test_real_rounds_32_and_64_bits(dep3: LocalDeployment, round_id: int) -> Non
     assert "does not fit a 32-bit ring" in _refusal(dep3, bad)
     with pytest.raises(RingSizeError):  # the client's parse of the same spec (SecureAggClient.fetch_spec)
         RoundSpec.from_json(bad)
+
+
+def test_party_state_machine_in_a_32_bit_round(tmp_path: Path) -> None:
+    """The parties' own code in one process (parties/inprocess.py), 32-bit chunks in several pieces:
+    a report one party never got (subtracted again at close), every party restarted from disk, an
+    upload cut by a malformed chunk and one still running at close (both taken back out of the sum);
+    the average is numpy's."""
+    d = 21  # 8-value chunks: the weight arrives in the last, short one
+    spec = RoundSpec.create(1, {"w": (d,)}, min_clients=2, clip_norm=2.0, max_weight=3.0, max_cohort=8,
+                            parties=3)
+    assert spec.ring_bits == 32
+    ip = InProcess(tmp_path)
+    ip.open(spec)
+    ups = list(_updates(3, d, 2.0, seed=3))
+    weights = [1.0, 3.0, 0.5]
+    for j, (u, w) in enumerate(zip(ups, weights)):
+        assert all(isinstance(a, tuple) for a in ip.submit(f"c{j}", spec, u, w))
+    ip.submit("partial", spec, ups[0], parties=[0, 2])  # party 1 never gets it
+    for i in range(3):  # recovery: the leader's log holds int64 (widened) shares, the helpers' seeds
+        ip.restart(i)
+    junk = np.full(8, 1 << 30, "<i4").data
+    for rid, second in (("cd", [np.ones(8, "<i8").data]), ("ce", None)):
+        begin = {"round": 1, "client": f"cut-{rid}", "report_id": rid * 16, "spec_digest": spec.digest(),
+                 "deadline": 2e9}
+        assert isinstance(ip.request(0, f"client:cut-{rid}", MsgType.REPORT_BEGIN, begin), tuple)
+        ip.request(0, f"client:cut-{rid}", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 0}, [junk])
+        if second is not None:  # 64-bit bytes in a 32-bit round: refused, the upload aborted
+            bad = ip.request(0, f"client:cut-{rid}", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 8},
+                             second)
+            assert isinstance(bad, WireError)
+    answers = ip.close(1)  # the "ce" upload is still running: dropped by the close
+    assert all(sorted(a[1]["clients"]) == ["c0", "c1", "c2"] for a in answers)  # type: ignore[index]
+    assert all(sum(memoryview(f).nbytes for f in a[2]) == 4 * d + 8 for a in answers)  # type: ignore[index]
+    want = np.average(np.stack(ups), axis=0, weights=weights)
+    np.testing.assert_allclose(InProcess.average(spec, answers), want, atol=3 * 2.0 ** -spec.frac_bits)
