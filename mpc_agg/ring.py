@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import WireError
+from .wire import MAX_PAYLOADS
 
 __all__ = ["RING_BITS", "RING_HEADROOM_BITS", "WRAP_BITS", "noise_tail", "sum_bound", "fits",
            "report_nbytes", "chunk_nbytes", "widen_chunk", "sum_share_frames", "add_sum_share", "reduce"]
@@ -107,6 +108,7 @@ def sum_share_frames(share: npt.NDArray[np.int64], bits: int, step: int) -> list
     if bits == 64:
         return [share[i:i + step].data for i in range(0, share.size, step)]
     coords = share[:-1].astype(np.int32)  # wraps: the low 32 bits, all the coordinator may learn
+    step = max(step, -(-coords.size // (MAX_PAYLOADS - 1)))  # the weight frame still fits the envelope
     return [coords[i:i + step].data for i in range(0, coords.size, step)] + [share[-1:].data]
 
 

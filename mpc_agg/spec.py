@@ -114,9 +114,13 @@ class RoundSpec:
             raise RingSizeError("verify_norm rounds run at 64 bits (the norm check is MPC on 64-bit shares)")
         bound = self.sum_bound()
         if not ring.fits(32, bound):
-            why = ("it has no clip_norm" if self.clip_norm is None else "it has no max_weight"
-                   if math.isinf(bound) else f"a cohort of up to {self.cohort_limit} reports may sum to "
-                   f"|coordinate| {bound:.4g} ring units >= 2^{31 - ring.RING_HEADROOM_BITS}")
+            if self.clip_norm is None:
+                why = "it has no clip_norm"
+            elif math.isinf(bound):
+                why = "it has no max_weight"
+            else:
+                why = (f"a cohort of up to {self.cohort_limit} reports may sum to |coordinate| {bound:.4g} "
+                       f"ring units >= 2^{31 - ring.RING_HEADROOM_BITS}")
             raise RingSizeError(f"round {self.round_id} does not fit a 32-bit ring: {why} (clip_norm="
                                 f"{self.clip_norm}, max_weight={self.max_weight}, frac_bits={self.frac_bits}, "
                                 f"noise_multiplier={self.noise_multiplier}); use 64 bits, or lower frac_bits, "

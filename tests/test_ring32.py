@@ -21,7 +21,7 @@ from mpc_agg.fixedpoint import decode_average, encode
 from mpc_agg.sharing import ShareContext, accumulate_seed, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MsgType
+from mpc_agg.wire import MAX_PAYLOADS, MsgType
 from parties.coordinator import Coordinator
 from parties.inprocess import InProcess
 from parties.launcher import LocalDeployment
@@ -89,6 +89,19 @@ def test_32_bit_sums_of_extreme_reports_do_not_wrap() -> None:
     top[0], top[1] = 1.0, -1.0
     avg, weight = _simulate(spec, np.stack([top] * cohort), [1.0] * cohort, parties=2)
     assert weight == cohort and np.array_equal(avg, top)
+
+
+def test_sum_share_frames_fit_the_envelope_and_bad_ones_are_refused() -> None:
+    d = 64 * 1000
+    share = np.arange(-5, d - 4, dtype=np.int64) * (1 << 33)  # high bits set: reduced mod 2**32 before leaving
+    frames = ring.sum_share_frames(share, 32, step=-(-(d + 1) // MAX_PAYLOADS))
+    assert len(frames) <= MAX_PAYLOADS and sum(f.nbytes for f in frames) == 4 * d + 8
+    total = np.zeros(d + 1, dtype=np.int64)
+    ring.add_sum_share(total, frames, 32, "party 0")
+    assert np.array_equal(total[:-1], share[:-1].astype(np.int32)) and total[-1] == share[-1]
+    for bad in (frames[:-1], [*frames[:-1], bytes(4)], [bytes(4 * d + 8)], [*frames, bytes(8)]):
+        with pytest.raises(WireError, match="party 1 sent a malformed sum share"):
+            ring.add_sum_share(np.zeros(d + 1, dtype=np.int64), bad, 32, "party 1")
 
 
 def test_ring_is_chosen_from_the_bounds() -> None:
