@@ -6,7 +6,6 @@ AES-CTR seed expansion) → ``wire`` (versioned binary format) → ``transport``
 Role processes live in ``parties``; the client API in ``fl_client``.
 """
 
-from . import errors
 from .config import Deployment, generate_deployment
 from .errors import (
     AggregationTimeout,
@@ -44,5 +43,23 @@ __all__ = [
     "generate_deployment",
     "encode",
     "decode",
-    *(name for name in errors.__all__ if name != "error_from_code"),  # every error class
+    "MpcAggError",
+    "ConfigError",
+    "EncodingError",
+    "RangeError",
+    "WireError",
+    "AuthError",
+    "RefusedError",
+    "SpecMismatchError",
+    "UnknownClientError",
+    "DuplicateReportError",
+    "RoundStateError",
+    "CohortTooSmallError",
+    "AlreadyRevealedError",
+    "AggregationTimeout",
+    "CommunicatorError",
+    "BudgetExceededError",
+    "NoiseFloorError",
+    "NoiseRangeError",
+    "TrustError",
 ]
