@@ -16,7 +16,6 @@ process (seal and open: what a plaintext round pays per client, both ends).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ from mpc_agg.transport import SecureContext
 from parties.coordinator import Coordinator
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, positive_int, check_repo
+from .common import NAME, check_repo, positive_int, write_json
 
 __all__ = ["profile_submits", "main"]
 
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ZeroMQ I/O thread (CURVE) {rep['zmq_io_thread_cpu_ms']:8.1f}")
     print(f"  for contrast, CURVE seal + open of the float64 vector (what a plaintext round pays per client): "
           f"{rep['curve_seal_and_open_cpu_ms']:.1f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rep, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, rep)
     return 0
 
 

@@ -30,14 +30,14 @@ Flower + mpc-agg (adapter): :func:`benchmarks.flower_adapter.run_adapter`, the s
 engine through ``parties.flower.MpcAggStrategy`` and ``fl_client.flower.MpcAggMod`` (Message API),
 k=3 party processes, one warm-up round then ``--repeat`` rounds.
 
-mpc-agg side: :func:`benchmarks.overhead.run_main` on the same vectors (k=3 parties, CURVE
+mpc-agg side: :func:`benchmarks.rounds.run_main` on the same vectors (k=3 parties, CURVE
 ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext rounds
 after one warm-up of each and checks both averages itself.
 
 Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
 mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not
 importable this prints how to install it and exits 0 with status "skipped".
-``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
+``benchmarks.rounds`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
 which load this module's client code, stay small.
 """
 
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -60,6 +59,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .common import check_repo, positive_int, write_json
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -232,7 +233,7 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
     import ray
 
     from benchmarks.flower_adapter import run_adapter
-    from benchmarks.overhead import make_updates, run_main
+    from benchmarks.rounds import make_updates, run_main
 
     updates32 = make_updates(clients, dim, seed=0).astype(np.float32)
     updates = updates32.astype(np.float64)
@@ -294,20 +295,6 @@ def print_report(rep: dict[str, Any]) -> None:
     print("max |aggregate - mean|: " + ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_error"].items()))
 
 
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _write(path: Path | None, rep: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rep, indent=2) + "\n")
-        print(f"wrote {path}")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=positive_int, default=10)
@@ -322,18 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--clients must be in [3, {MODULUS_RANGE // QUANTIZATION_RANGE - 1}] (SecAgg+ sums mod 2**32)")
     if not 2 < args.num_shares <= args.clients or not 1 < args.threshold < args.num_shares:
         p.error("need 2 < --num-shares <= --clients and 1 < --threshold < --num-shares")
-    from benchmarks.overhead import check_repo
-
     check_repo(MODULE)
     params = {"clients": args.clients, "dim": args.dim, "repeat": args.repeat}
     missing = flower_missing()
     if missing is not None:
         print(f"{MODULE}: skipped: {missing}; {INSTALL_HINT}", flush=True)
-        _write(args.json, {"status": "skipped", "reason": f"{missing}; {INSTALL_HINT}", "params": params})
+        write_json(args.json, {"status": "skipped", "reason": f"{missing}; {INSTALL_HINT}", "params": params})
         return 0
     rep = run(args.clients, args.dim, args.repeat, args.num_shares, args.threshold, args.timeout)
     print_report(rep)
-    _write(args.json, rep)
+    write_json(args.json, rep)
     return 0
 
 
