@@ -1,6 +1,7 @@
 """docs/PROTOCOL.md keeps up with the code: every message type has a row in its message table, every field a
-party's request schema knows is in that type's row with the roles that may send it, and every repository file
-it cites exists.  Pure text checks: no processes."""
+party's request schema knows is in that type's row with the roles that may send it, every repository file it
+cites exists, and every section of it that the code cites by title is there.  Pure text checks: no
+processes."""
 
 from __future__ import annotations
 
@@ -65,3 +66,14 @@ def test_every_cited_repository_file_exists() -> None:
     missing = sorted(path for path in cited if not (ROOT / path).is_file())
     assert not missing, f"docs/PROTOCOL.md cites files that do not exist: {missing}"
     assert "DESIGN.md" not in DOC.read_text(encoding="utf-8")
+
+
+def test_every_section_the_code_cites_exists() -> None:
+    titles = set(re.findall(r"^## (.+)$", DOC.read_text(encoding="utf-8"), flags=re.M))
+    cited: dict[str, set[str]] = {}
+    for path in (p for pkg in ("mpc_agg", "parties", "fl_client", "benchmarks", "tests", "examples")
+                 for p in (ROOT / pkg).rglob("*.py")):
+        for title in re.findall(r'docs/PROTOCOL\.md,\s*"([^"]+)"', path.read_text(encoding="utf-8")):
+            cited.setdefault(title, set()).add(str(path.relative_to(ROOT)))
+    missing = {title: sorted(paths) for title, paths in cited.items() if title not in titles}
+    assert not missing, f"sections cited in code but not in docs/PROTOCOL.md: {missing}"
