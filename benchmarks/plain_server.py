@@ -41,9 +41,9 @@ import zmq
 
 from mpc_agg.config import Deployment, free_ports, read_secret_key
 from mpc_agg.errors import AuthError, DuplicateReportError, RoundStateError, WireError
-from mpc_agg.service import Reply, Service, reporting_client
+from mpc_agg.service import Reply, Request, Service, reporting_client
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import Message, MsgType, require
+from mpc_agg.wire import MsgType, require
 
 from .common import REPO
 
@@ -89,36 +89,36 @@ class PlainServer(Service):
             raise RoundStateError(f"round {r} is not open")
         return self.round
 
-    def _on_open(self, identity: str, msg: Message) -> Reply:
-        if identity != "coordinator":
+    def _on_open(self, req: Request) -> Reply:
+        if req.identity != "coordinator":
             raise AuthError("only the coordinator opens rounds")
-        r = require(msg.meta, "round", int)
-        dim = require(msg.meta, "dim", int)
+        r = require(req.meta, "round", int)
+        dim = require(req.meta, "dim", int)
         if dim < 1:
             raise WireError("dim must be >= 1")
         self.round = _PlainRound(r, np.zeros(dim, dtype=DTYPE))
         return MsgType.OK, {}, []
 
-    def _on_report(self, identity: str, msg: Message) -> Reply:
-        client = reporting_client(identity, msg.meta)
-        st = self._open_round(msg.meta)
-        weight = float(require(msg.meta, "weight", (int, float)))
+    def _on_report(self, req: Request) -> Reply:
+        client = reporting_client(req.identity, req.meta)
+        st = self._open_round(req.meta)
+        weight = float(require(req.meta, "weight", (int, float)))
         if not (math.isfinite(weight) and weight > 0):
             raise WireError("weight must be positive and finite")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.round_id}")
-        if len(msg.payloads) != 1 or memoryview(msg.payloads[0]).nbytes != st.total.nbytes:
+        if len(req.msg.payloads) != 1 or memoryview(req.msg.payloads[0]).nbytes != st.total.nbytes:
             raise WireError(f"expected one payload of {st.total.nbytes} bytes")
-        update = np.frombuffer(msg.payloads[0], dtype=DTYPE)
+        update = np.frombuffer(req.msg.payloads[0], dtype=DTYPE)
         np.add(st.total, update * np.float32(weight), out=st.total)  # float32, as Flower's FedAvg
         st.weight += weight
         st.clients.add(client)
         return MsgType.OK, {}, []
 
-    def _on_close(self, identity: str, msg: Message) -> Reply:
-        if identity != "coordinator":
+    def _on_close(self, req: Request) -> Reply:
+        if req.identity != "coordinator":
             raise AuthError("only the coordinator closes rounds")
-        st = self._open_round(msg.meta)
+        st = self._open_round(req.meta)
         if not st.clients:
             raise RoundStateError(f"round {st.round_id} has no reports")
         self.round = None
