@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psutil
 
-__all__ = ["NAME", "REPO", "check_repo", "int_at_least", "positive_int", "count", "party_count", "positive_seconds", "stats",
-           "mib", "write_json", "proc_status_bytes", "party_rss", "cpu_seconds", "cpu_delta", "run_concurrently",
-           "print_log_tails", "logs_on_failure"]
+__all__ = ["NAME", "REPO", "check_repo", "int_at_least", "positive_int", "count", "party_count", "positive_seconds",
+           "stats", "mib", "write_json", "proc_status_bytes", "party_rss", "cpu_seconds", "cpu_delta",
+           "run_concurrently", "print_log_tails", "logs_on_failure"]
 
 NAME = "w"
 """The one tensor of every benchmark round, of shape (dim,)."""

@@ -82,7 +82,7 @@ def measure_client_shard(x: npt.NDArray[Any], parties: int, frac_bits: int) -> l
 
 
 def plaintext_upload_bytes(round_id: int, update: npt.NDArray[Any]) -> int:
-    """Bytes of the one message a plaintext client sends per round (its update as float32)."""
+    """Bytes of the one message a plaintext client sends per round (its update as DTYPE)."""
     meta = {"round": round_id, "client": "client-0", "weight": 1.0, "rid": RID_HEX}
     payload = np.ascontiguousarray(update, dtype=DTYPE)
     return sum(memoryview(f).nbytes for f in encode_message(MsgType.REPORT, meta, [payload.data]))
@@ -179,7 +179,7 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "params": {"clients": clients, "dim": dim, "parties": parties, "repeat": repeat,
                    "rss_clients": list(rss_clients), "frac_bits": DEFAULT_FRAC_BITS,
                    "client_threads": clients, "shard_samples": SHARD_SAMPLES, "update_dtype": "float32",
-                   "plaintext_dtype": "float32", "plaintext_sum_dtype": "float32"},
+                   "plaintext_dtype": DTYPE.name},
     }
 
 
@@ -191,7 +191,7 @@ def _row(label: str, xs: Sequence[float], fmt: str = "{:10.3f}") -> None:
 
 def _print_times(s: dict[str, list[float]]) -> None:
     _row("secure round (s)", s["secure_round_s"])
-    _row("plaintext FedAvg round, float32 (s)", s["plaintext_round_s"])
+    _row(f"plaintext FedAvg round, {DTYPE.name} (s)", s["plaintext_round_s"])
     _row("ratio secure / plaintext (per repeat)", s["ratio"], "{:10.2f}")
     print("secure stages")
     _row("  open_round (s)", s["secure_open_s"])
@@ -202,7 +202,7 @@ def _print_times(s: dict[str, list[float]]) -> None:
     _row("  close_round: agreement + reveal (s)", s["secure_close_s"])
     _row("    of which parties' own close (s)", s["secure_close_party_agreement_s"])
     _row("    bytes between parties in close (MB)", [b / 1e6 for b in s["secure_close_peer_bytes"]])
-    print("plaintext stages (float32 upload and sum, as Flower / PyTorch FedAvg)")
+    print(f"plaintext stages ({DTYPE.name} upload and sum)")
     _row("  open (s)", s["plaintext_open_s"])
     _row("  uploads, all clients concurrently (s)", s["plaintext_uploads_s"])
     _row("  one client's submit (s)", s["plaintext_client_submit_s"])
@@ -213,6 +213,8 @@ def print_report(rep: dict[str, Any]) -> None:
     p = rep["params"]
     print(f"\nmpc-agg overhead: n={p['clients']} clients, d={p['dim']:,}, k={p['parties']} parties, "
           f"{p['repeat']} repeats, loopback CURVE ZeroMQ, {p['clients']} client threads")
+    print(f"plaintext baseline: clients upload {DTYPE.name}, the server sums in {DTYPE.name} "
+          "(as Flower's and PyTorch's FedAvg do in float32), same transport")
     print(f"{'':44s}{'median':>10s}{'min':>10s}{'max':>10s}")
     _print_times(rep["samples"])
     cpu = {kind: rep["stages"][kind]["cpu_s"] for kind in ("secure", "plaintext")}
@@ -222,7 +224,7 @@ def print_report(rep: dict[str, Any]) -> None:
     up, d = rep["upload_bytes_per_client"], p["dim"]
     plain_up = rep["plaintext_upload_bytes_per_client"]
     print(f"upload per client: secure {up:,} B = 8·d + {up - 8 * d:,} B (every message to every party); "
-          f"plaintext (float32) {plain_up:,} B = 4·d + {plain_up - 4 * d:,} B")
+          f"plaintext ({DTYPE.name}) {plain_up:,} B = {DTYPE.itemsize}·d + {plain_up - DTYPE.itemsize * d:,} B")
     by_party = ", ".join(mib(b) for b in rep["party_peak_rss_by_party"])
     print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): "
           f"max {mib(rep['party_peak_rss_bytes'])} (by party: {by_party})")
@@ -232,7 +234,7 @@ def print_report(rep: dict[str, Any]) -> None:
               f"{', '.join(mib(b) for b in r['idle'])})")
     err = rep["max_abs_error"]
     print(f"max |average - numpy mean|: secure {err['secure']:.2e} (<= 2^-{p['frac_bits']}), "
-          f"plaintext {err['plaintext']:.2e} (float32 sums)")
+          f"plaintext {err['plaintext']:.2e} ({DTYPE.name} sums)")
 
 
 def _client_counts(text: str) -> list[int]:
