@@ -31,7 +31,7 @@ engine through ``parties.flower.MpcAggStrategy`` and ``fl_client.flower.MpcAggMo
 k=3 party processes, one warm-up round then ``--repeat`` rounds.
 
 mpc-agg side: :func:`benchmarks.rounds.run_main` on the same vectors (k=3 parties, CURVE
-ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext rounds
+ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext (float32 FedAvg) rounds
 after one warm-up of each and checks both averages itself.
 
 Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
@@ -235,9 +235,8 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
     from benchmarks.flower_adapter import run_adapter
     from benchmarks.rounds import make_updates, run_main
 
-    updates32 = make_updates(clients, dim, seed=0).astype(np.float32)
-    updates = updates32.astype(np.float64)
-    expected = updates.mean(axis=0)
+    updates32 = make_updates(clients, dim, seed=0)  # float32, as every row of this comparison sends
+    expected = updates32.mean(axis=0, dtype=np.float64)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-flower-") as tmp:
         data_path = Path(tmp) / "updates.npy"
         np.save(data_path, updates32)
@@ -248,7 +247,7 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
               flush=True)
         adapter_s, adapter_err = run_adapter(Path(tmp) / "adapter", data_path, expected, repeat, timeout_s)
         print(f"mpc-agg: {clients} clients, {PARTIES} parties, d={dim:,}, {repeat} repeats + 1 warm-up", flush=True)
-        ours = run_main(Path(tmp) / "mpc-agg", updates, PARTIES, repeat, timeout_s)
+        ours = run_main(Path(tmp) / "mpc-agg", updates32, PARTIES, repeat, timeout_s)
     samples = {
         "flower_secagg_round_s": flower.seconds["secagg"][1:],
         "flower_plain_round_s": flower.seconds["plain"][1:],
@@ -286,7 +285,7 @@ def print_report(rep: dict[str, Any]) -> None:
     labels = {"flower_secagg_round_s": "Flower SecAgg+", "flower_plain_round_s": "Flower plain FedAvg",
               "flower_mpc_agg_adapter_round_s": "Flower + mpc-agg (adapter)",
               "mpc_agg_secure_round_s": f"mpc-agg secure (k={p['parties']})",
-              "mpc_agg_plaintext_round_s": "mpc-agg plaintext"}
+              "mpc_agg_plaintext_round_s": "mpc-agg plaintext (float32)"}
     print(f"{'':28s}{'median':>10s}{'min':>10s}{'max':>10s}")
     for key, label in labels.items():
         print(f"{label:28s}{statistics.median(s[key]):10.3f}{min(s[key]):10.3f}{max(s[key]):10.3f}")
