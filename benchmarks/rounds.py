@@ -31,8 +31,8 @@ from parties.launcher import LocalDeployment
 from .common import NAME, cpu_delta, cpu_seconds, logs_on_failure, party_rss, run_concurrently
 from .plain_server import PlainClient, PlainCoordinator, PlainServerProcess
 
-__all__ = ["RoundTiming", "MainRun", "Harness", "harness", "make_updates", "secure_round", "plain_round", "check_average",
-           "plain_tolerance", "run_main", "run_rss", "RSS_CLIENT_THREADS"]
+__all__ = ["RoundTiming", "MainRun", "Harness", "harness", "make_updates", "secure_round", "plain_round",
+           "check_average", "plain_tolerance", "run_main", "run_rss", "RSS_CLIENT_THREADS"]
 
 RSS_CLIENT_THREADS = 16
 SECURE_TOLERANCE = 2.0 ** -DEFAULT_FRAC_BITS
