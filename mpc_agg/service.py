@@ -87,7 +87,7 @@ def dispatch(handlers: dict[MsgType, Handler], req: Request, *, validate: Callab
         counters["refused"] += 1
         event(log, "refused", service=name, identity=req.identity, type=req.msg.type.name,
               code=exc.code, reason=exc)
-        return exc
+        return exc.with_traceback(None)  # no frame (holding the request's payloads) outlives the reply
     except Exception as exc:  # a bug or a library failure must not take the service down
         counters["internal_errors"] += 1
         event(log, "internal_error", logging.ERROR, exc_info=True, service=name, identity=req.identity,

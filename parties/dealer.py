@@ -25,6 +25,7 @@ from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring
 from mpc_agg.tensor_codec import obj_decode, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
+from mpc_agg.messages import validate_request
 from mpc_agg.service import ReplyTo, Request, Service
 from mpc_agg.sharing import SEED_BYTES
 from mpc_agg.transport import SecureContext
@@ -143,7 +144,8 @@ class Dealer(Service):
         )
         self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[ReplyTo, str]]] = (
             collections.OrderedDict())
-        super().__init__(self.sctx, self.sock, {MsgType.DEALER_REQUEST: self._on_request}, "dealer")
+        super().__init__(self.sctx, self.sock, {MsgType.DEALER_REQUEST: self._on_request}, "dealer",
+                         validate=validate_request)
 
     def _on_request(self, req: Request) -> None:
         """Answered later: a tuple is dealt once every party asked for it (docs/PROTOCOL.md, "Dealer")."""

@@ -22,7 +22,7 @@ import numpy as np
 from mpc_agg.config import PartyConfig
 from mpc_agg.errors import MpcAggError
 from mpc_agg.fixedpoint import decode, encode
-from mpc_agg.messages import validate_request
+from mpc_agg import messages
 from mpc_agg.service import Reply, ReplyTo, Request, dispatch, new_counters
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
@@ -83,8 +83,12 @@ class InProcess:
         msg = decode_message(encode_message(mtype, meta, payloads))
         self._n += 1
         req = Request(identity, msg, ReplyTo(b"%d" % self._n, meta.get("rid")))
-        return dispatch(self.parties[party].handlers, req, validate=validate_request, counters=self.counters,
-                        name=f"party-{party}")
+        answer = dispatch(self.parties[party].handlers, req, validate=messages.validate_request,
+                          counters=self.counters, name=f"party-{party}")
+        if isinstance(answer, tuple):  # the reply as the requester checks it (its schema in REPLIES)
+            messages.check_reply(mtype, decode_message(encode_message(answer[0], {**answer[1], "rid": None},
+                                                                      answer[2])))
+        return answer
 
     def settle(self, party: int) -> list[Answer]:
         """Let ``party`` run its periodic work (group commit, queue) and take the replies it sent later."""
@@ -94,7 +98,8 @@ class InProcess:
 
     # --- the coordinator's and a client's steps ------------------------------------------------
     def open(self, spec: RoundSpec) -> list[Answer | None]:
-        return [self.request(i, "coordinator", MsgType.OPEN_ROUND, {"spec": spec.to_json()}) for i in range(self.k)]
+        meta = messages.request(MsgType.OPEN_ROUND, spec=spec.to_json())
+        return [self.request(i, "coordinator", MsgType.OPEN_ROUND, meta) for i in range(self.k)]
 
     def submit(self, client: str, spec: RoundSpec, update: np.ndarray, weight: float = 1.0, *,
                parties: Sequence[int] | None = None) -> list[Answer | None]:
@@ -105,28 +110,30 @@ class InProcess:
         encode([weight], spec.frac_bits, out=ring[-1:])
         report_id = os.urandom(16)
         seeds = new_seeds(self.k)
-        meta = {"round": spec.round_id, "client": client, "report_id": report_id.hex(),
-                "spec_digest": spec.digest()}
+        meta = messages.request(MsgType.REPORT, round=spec.round_id, client=client, report_id=report_id.hex(),
+                       spec_digest=spec.digest())
         who = f"client:{client}"
         answers: list[Answer | None] = []
         for i in range(self.k) if parties is None else parties:
             if i > 0:
                 answers.append(self.request(i, who, MsgType.REPORT, meta, [seeds[i - 1]]) or self.settle(i)[-1])
                 continue
-            go = self.request(0, who, MsgType.REPORT_BEGIN, {**meta, "deadline": time.time() + 30})
+            go = self.request(0, who, MsgType.REPORT_BEGIN, messages.request(MsgType.REPORT_BEGIN, **meta,
+                                                                    deadline=time.time() + 30))
             if isinstance(go, MpcAggError) or go is None:
                 answers.append(go)
                 continue
             share = leader_share(ring, seeds, ShareContext(spec.round_id, client, report_id))
             for start in range(0, share.size, self.chunk_values):
-                last = self.request(0, who, MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
-                                    [share[start:start + self.chunk_values].data])
+                chunk = messages.request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
+                last = self.request(0, who, MsgType.REPORT_CHUNK, chunk, [share[start:start + self.chunk_values].data])
             answers.append(last or self.settle(0)[-1])
         return answers
 
     def close(self, round_id: int, *, deadline_s: float = 10.0) -> list[Answer | None]:
         """Every party's answer to the coordinator's CLOSE_ROUND (they agree with each other at once)."""
-        meta = {"round": round_id, "session": os.urandom(8).hex(), "deadline": time.time() + deadline_s}
+        meta = messages.request(MsgType.CLOSE_ROUND, round=round_id, session=os.urandom(8).hex(),
+                       deadline=time.time() + deadline_s)
         answers: list[Answer | None] = [None] * self.k
 
         def run(i: int) -> None:
