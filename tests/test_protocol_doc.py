@@ -1,5 +1,6 @@
-"""docs/PROTOCOL.md keeps up with the code: every message type has a row in its message table, every field a
-party's request schema knows is in that type's row with the roles that may send it, every repository file it
+"""docs/PROTOCOL.md keeps up with the code: every message type has a row in its message table, every field of
+a request schema (mpc_agg.messages.REQUESTS) is in that type's row with the roles that may send it, every field
+of a reply schema (REPLIES) in the reply type's row, every repository file it
 cites exists, and every section of it that the code cites by title is there.  Pure text checks: no
 processes."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpc_agg.messages import REQUESTS
+from mpc_agg.messages import REPLIES, REQUESTS
 from mpc_agg.wire import MAGIC, PROTOCOL_VERSION, MsgType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,16 @@ def test_every_request_field_and_sender_role_is_in_its_row(mtype: MsgType) -> No
     sender = route.split("→")[0]
     for role in schema.senders:
         assert role in sender, f"{mtype.name}: role {role!r} may send it, the doc does not say so"
+
+
+@pytest.mark.parametrize("request_type", sorted(REPLIES, key=int), ids=lambda t: t.name)
+def test_every_reply_field_is_in_the_reply_types_row(request_type: MsgType) -> None:
+    reply_type, schema = REPLIES[request_type]
+    rows = message_rows()
+    assert f"`{reply_type.name}`" in rows[request_type.name][4], f"{request_type.name}: its reply is {reply_type.name}"
+    fields = rows[reply_type.name][2]
+    for name in schema.fields:
+        assert f"`{name}`" in fields, f"{reply_type.name}: field {name!r} (reply to {request_type.name}) not documented"
 
 
 def test_the_envelope_section_states_the_wire_constants() -> None:
