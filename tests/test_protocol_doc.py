@@ -1,8 +1,7 @@
 """docs/PROTOCOL.md keeps up with the code: every message type has a row in its message table, every field of
 a request schema (mpc_agg.messages.REQUESTS) is in that type's row with the roles that may send it, every field
-of a reply schema (REPLIES) in the reply type's row, every repository file it
-cites exists, and every section of it that the code cites by title is there.  Pure text checks: no
-processes."""
+of a reply schema (REPLIES) in the reply type's row, every repository file it cites exists, and every section
+of it that the code cites by title is there.  Pure text checks: no processes."""
 
 from __future__ import annotations
 
