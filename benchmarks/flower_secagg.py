@@ -55,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -294,7 +294,8 @@ def print_report(rep: dict[str, Any]) -> None:
     print("max |aggregate - mean|: " + ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_error"].items()))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, missing_reason: Callable[[], str | None] = flower_missing) -> int:
+    """The command line; ``missing_reason`` says why Flower cannot run here (None: it can)."""
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=positive_int, default=10)
     p.add_argument("--dim", type=positive_int, default=1_000_000, help="float32 values per client")
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need 2 < --num-shares <= --clients and 1 < --threshold < --num-shares")
     check_repo(MODULE)
     params = {"clients": args.clients, "dim": args.dim, "repeat": args.repeat}
-    missing = flower_missing()
+    missing = missing_reason()
     if missing is not None:
         print(f"{MODULE}: skipped: {missing}; {INSTALL_HINT}", flush=True)
         write_json(args.json, {"status": "skipped", "reason": f"{missing}; {INSTALL_HINT}", "params": params})
