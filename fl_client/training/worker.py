@@ -61,8 +61,8 @@ def client_worker(conn: Connection, cfg: WorkerConfig) -> None:
         from mpc_agg.errors import SpecMismatchError
 
         from ..client import SecureAggClient
-        from .model import apply_lora, build_model, load_tokenizer, load_trainable
         from .local import encode_texts, train_locally
+        from .model import apply_lora, build_model, load_tokenizer, load_trainable
 
         tok = load_tokenizer(cfg.tokenizer)
         model = build_model(cfg.model_dir, len(tok))

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from fl_client.training import encode_texts, evaluate
 from fl_client.training.corpus import Shards, load_shards
 from fl_client.training.model import (apply_lora, build_model, check_model_dir, load_tokenizer, load_trainable,
                                       trainable_state)
-from fl_client.training import encode_texts, evaluate
 from fl_client.training.worker import WorkerConfig, client_worker
 from mpc_agg import errors
 from mpc_agg.errors import ConfigError, MpcAggError
