@@ -126,7 +126,8 @@ class PlainClient:
         self.timeout_s = timeout_s
         self.sctx = SecureContext()
         self._req = Requester(self.sctx.client(zmq.DEALER, endpoint(port), public_key=cfg.public_key,
-                                               secret_key=secret, server_key=deployment.party(0).public_key))
+                                               secret_key=secret, server_key=deployment.party(0).public_key),
+                              typed=False)  # this baseline's own dialect, not the party protocol
 
     def submit(self, round_id: int, update: npt.NDArray[np.float64], *, weight: float = 1.0) -> None:
         x = np.ascontiguousarray(update, dtype="<f8")
@@ -150,7 +151,8 @@ class PlainCoordinator:
         secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
         self.sctx = SecureContext()
         self._req = Requester(self.sctx.client(zmq.DEALER, endpoint(port), public_key=deployment.coordinator_public_key,
-                                               secret_key=secret, server_key=deployment.party(0).public_key))
+                                               secret_key=secret, server_key=deployment.party(0).public_key),
+                              typed=False)  # this baseline's own dialect, not the party protocol
 
     def open_round(self, round_id: int, dim: int, *, timeout_s: float) -> None:
         self._req.request(MsgType.OPEN_ROUND, {"round": round_id, "dim": dim}, timeout_s=timeout_s,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import AggregationTimeout, CommunicatorError, WireError
+from .messages import request
 from .sharing import SEED_BYTES, ShareContext, expand_seed, leader_share, new_seeds, xor_leader_share
 from .tensor_codec import obj_encode, payload_to_tensor
 from .transport import Requester
@@ -69,7 +70,7 @@ class DealerProvider:
 
     def _request(self, fn: str, **params: Any) -> list[torch.Tensor]:
         self.seq += 1
-        meta = {"session": self.session, "seq": self.seq, "fn": fn, "params": obj_encode(params)}
+        meta = request(MsgType.DEALER_REQUEST, session=self.session, seq=self.seq, fn=fn, params=obj_encode(params))
         timeout = self.timeout_s
         if self.deadline is not None:
             timeout = max(0.1, min(timeout, self.deadline - time.monotonic() - self.REPLY_MARGIN_S))

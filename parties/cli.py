@@ -14,6 +14,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every subcommand and option, one add_argument each (long, and flat on purpose: it reads as the --help)."""
     p = argparse.ArgumentParser(prog="mpc-agg", description="Secure aggregation for federated learning.")
     sub = p.add_subparsers(dest="cmd", required=True)
 

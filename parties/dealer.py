@@ -13,7 +13,6 @@ generators and plaintext seed exchange; SECURITY.md, "MPC multiplication").
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -26,15 +25,14 @@ from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring, split_dealer_value
 from mpc_agg.tensor_codec import obj_decode, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
-from mpc_agg.service import Service
+from mpc_agg.messages import validate_request
+from mpc_agg.service import ReplyTo, Request, Service
 from mpc_agg.sharing import SEED_BYTES
-from mpc_agg.logs import event
-from mpc_agg.transport import SecureContext, recv_authenticated
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import MsgType, require
 
 __all__ = ["Dealer", "deal"]
 
-log = logging.getLogger("mpc_agg.dealer")
 MAX_PENDING = 4096
 MAX_ELEMENTS = 1 << 26
 
@@ -134,43 +132,38 @@ class Dealer(Service):
             zmq.ROUTER, deployment.dealer_endpoint, public_key=deployment.dealer_public_key, secret_key=secret,
             domain="dealer", allowed={p.public_key: f"party:{p.id}" for p in deployment.parties},
         )
-        self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[bytes, Any, str]]] = (
+        self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[ReplyTo, str]]] = (
             collections.OrderedDict())
-        super().__init__(self.sctx, self.sock, {}, "dealer")
+        super().__init__(self.sctx, self.sock, {MsgType.DEALER_REQUEST: self._on_request}, "dealer",
+                         validate=validate_request)
 
-    def handle_one(self) -> None:
-        """Replies are deferred until every party asked for the same tuple."""
-        try:
-            rid, identity, msg = recv_authenticated(self.sock)
-            if msg.type != MsgType.DEALER_REQUEST or not identity.startswith("party:"):
-                raise AuthError("the dealer only serves tuple requests from parties")
-            party = int(identity.split(":", 1)[1])
-            key = (require(msg.meta, "session", str), require(msg.meta, "seq", int))
-            request = (require(msg.meta, "fn", str), msg.meta.get("params"))
-            canon = repr(request)
-        except MpcAggError as exc:
-            event(log, "bad_request", logging.WARNING, error=exc)
-            return
+    def _on_request(self, req: Request) -> None:
+        """Answered later: a tuple is dealt once every party asked for it (docs/PROTOCOL.md, "Dealer")."""
+        if not req.identity.startswith("party:"):
+            raise AuthError("the dealer only serves tuple requests from parties")
+        party = int(req.identity.split(":", 1)[1])
+        key = (require(req.meta, "session", str), require(req.meta, "seq", int))
+        request = (require(req.meta, "fn", str), req.meta.get("params"))
         slot = self.pending.setdefault(key, {})
-        slot[party] = (rid, msg.meta.get("rid"), canon)
-        while len(self.pending) > MAX_PENDING:
+        slot[party] = (req.reply_to, repr(request))
+        while len(self.pending) > MAX_PENDING:  # oldest first: a party that never asks again
             self.pending.popitem(last=False)
         if len(slot) < self.k:
-            return
+            return None
         del self.pending[key]
-        canons = {c for _, _, c in slot.values()}
         try:
-            if len(canons) != 1:
+            if len({canon for _, canon in slot.values()}) != 1:
                 raise WireError("parties asked for different tuples under the same sequence number")
             fn, params = request
             shares = deal(fn, obj_decode(params) if params is not None else {}, self.k)
         except MpcAggError as exc:
-            for r, req_id, _ in slot.values():
-                self.reply_error(r, req_id, exc)
-            return
-        for p, (r, req_id, _) in slot.items():
+            for to, _ in slot.values():
+                self.send_reply(to, exc)
+            return None
+        for p, (to, _) in slot.items():
             metas, payloads = zip(*(_encode_share(t) for t in shares[p]))
-            self.reply(r, MsgType.DEALER_REPLY, {"rid": req_id, "tensors": list(metas)}, payloads)
+            self.send_reply(to, (MsgType.DEALER_REPLY, {"tensors": list(metas)}, payloads))
+        return None
 
 
 def run_dealer(config: str) -> int:
