@@ -19,16 +19,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
 from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
+from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
-from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
 __all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
@@ -119,11 +119,7 @@ class SecureAggClient:
                                          delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
-        self._req = [
-            Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=cfg.public_key, secret_key=secret,
-                                       server_key=p.public_key))
-            for p in deployment.parties
-        ]
+        self._req = PartyLinks.to_parties(self.sctx, deployment.parties, public_key=cfg.public_key, secret_key=secret)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], client_id: str, **kw: Any) -> "SecureAggClient":
@@ -132,7 +128,7 @@ class SecureAggClient:
     @property
     def bytes_sent(self) -> int:
         """Message bytes this client has sent to all parties so far (its upload cost)."""
-        return sum(r.bytes_sent for r in self._req)
+        return self._req.bytes_sent
 
     def close(self) -> None:
         self.sctx.close()
@@ -145,9 +141,7 @@ class SecureAggClient:
 
     def fetch_spec(self, round_id: int) -> RoundSpec:
         """The round's spec, identical at every party, or SpecMismatchError."""
-        deadline = time.monotonic() + self.timeout_s
-        rids = [r.send(MsgType.GET_SPEC, {"round": round_id}) for r in self._req]
-        specs = [r.wait(rid, deadline, f"party {i}") for i, (r, rid) in enumerate(zip(self._req, rids))]
+        specs = self._req.ask_all(MsgType.GET_SPEC, {"round": round_id}, self.timeout_s)
         digests = {m.meta.get("digest") for m in specs}
         if len(digests) != 1:
             raise SpecMismatchError(f"parties disagree about round {round_id}'s spec: refusing to submit")
@@ -207,10 +201,9 @@ class SecureAggClient:
                 "spec_digest": spec.digest()}
         deadline = time.monotonic() + self.timeout_s
         # helpers first (tiny seeds), then the leader's share in chunks
-        rids = [(i, r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
+        helpers = [self._req.send(i, MsgType.REPORT, meta, [seeds[i - 1]]) for i in range(1, len(self._req))]
         self._upload_leader(meta, ring, seeds, ctx, deadline, spec.ring_bits)
-        for i, r, rid in rids:
-            r.wait(rid, deadline, f"party {i}")
+        self._req.collect(helpers, deadline)
         return report_id.hex()
 
     def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,

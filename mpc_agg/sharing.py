@@ -27,7 +27,7 @@ from .errors import EncodingError
 from .wire import PROTOCOL_VERSION
 
 __all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share",
-           "leader_chunk32", "split", "reconstruct"]
+           "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
 
@@ -176,3 +176,23 @@ def reconstruct(shares: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
     for s in shares[1:]:
         np.add(total, s, out=total)
     return total
+
+
+def xor_leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
+                     bits: int = 64) -> npt.NDArray[np.int64]:
+    """The leader's share of ``x`` under XOR sharing of the low ``bits`` bits: ``x ^ s_1 ^ ... ^ s_{k-1}``, where
+    helper j's share ``s_j`` is ``expand_seed(seed_j, ctx, j, len(x))`` cut to those bits (CrypTen's binary sharing;
+    the dealer's binary triples and B2A bits).  Any k-1 of the shares are uniform on those bits."""
+    if x.dtype != np.int64 or x.ndim != 1:
+        raise EncodingError("x must be a 1-D int64 vector")
+    if not seeds:
+        raise EncodingError("secret sharing needs at least 2 parties")
+    if not 1 <= bits <= 64:
+        raise EncodingError(f"bits must be in 1..64, got {bits}")
+    mask = np.int64(-1) if bits == 64 else np.int64((1 << bits) - 1)
+    out = x.copy()
+    for j, seed in enumerate(seeds, start=1):
+        share = expand_seed(seed, ctx, j, x.size)
+        share &= mask
+        out ^= share
+    return out

@@ -151,7 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
-    from parties.federated import FedConfig, run_federated
+    from parties.demo.federated import FedConfig, run_federated
 
     cfg = FedConfig(workdir=args.workdir, clients=args.clients, parties=args.parties, rounds=args.rounds,
                     local_steps=args.local_steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,

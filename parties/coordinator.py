@@ -17,16 +17,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
-from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, SpecMismatchError, WireError
+from mpc_agg.errors import RefusedError, SpecMismatchError, WireError
+from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import MAX_REPORTS_PER_ROUND, decode_average
 from mpc_agg.ring import add_sum_share
 from mpc_agg.logs import event
 from mpc_agg.spec import RoundSpec
-from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import MsgType
 
 __all__ = ["Coordinator", "RoundResult"]
@@ -78,9 +78,10 @@ class Coordinator:
         rounds (BudgetExceededError at ``open_round``) once the next one would exceed it at ``delta``."""
         self.dep = deployment
         self.ledger = PrivacyLedger.open(ledger_path, delta=delta, budget=epsilon_budget)
-        self._secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
+        secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
         self.sctx = SecureContext()
-        self._req = [self._connect(p.id) for p in deployment.parties]
+        self._links = PartyLinks.to_parties(self.sctx, deployment.parties,
+                                            public_key=deployment.coordinator_public_key, secret_key=secret)
         self.specs: dict[int, RoundSpec] = {}
 
     @classmethod
@@ -95,33 +96,6 @@ class Coordinator:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
-
-    def _connect(self, party_id: int) -> Requester:
-        p = self.dep.party(party_id)
-        return Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=self.dep.coordinator_public_key,
-                                          secret_key=self._secret, server_key=p.public_key))
-
-    def _all(self, mtype: MsgType, meta: dict, timeout_s: float) -> list:
-        """Send one request to every party at once and collect every answer (first error raised)."""
-        deadline = time.monotonic() + timeout_s
-        rids = [r.send(mtype, meta) for r in self._req]
-        answers, errors = [], []
-        for i, (r, rid) in enumerate(zip(self._req, rids)):
-            try:
-                answers.append(r.wait(rid, deadline, f"party {i}"))
-            except AggregationTimeout as exc:
-                # drop the unanswered request with its socket, so a party that comes back
-                # never acts on a stale one (e.g. a CLOSE the coordinator gave up on)
-                r.sock.close(linger=0)
-                self._req[i] = self._connect(i)
-                errors.append(exc)
-                answers.append(None)
-            except MpcAggError as exc:
-                errors.append(exc)
-                answers.append(None)
-        if errors:
-            raise errors[0]
-        return answers
 
     def open_round(
         self,
@@ -162,7 +136,7 @@ class Coordinator:
         dp_event = SkellamRound.from_spec(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)
-        self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
+        self._links.ask_all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
         self.specs[round_id] = spec
         event(log, "open", round=round_id, dim=spec.dim)
         return spec
@@ -183,8 +157,8 @@ class Coordinator:
         spec = self.specs.get(round_id) or self._spec_from_parties(round_id, timeout_s)
         # the parties drop a close request that reaches them after this deadline (their clocks must
         # agree with ours to well under timeout_s, as NTP gives)
-        answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
-                                                  "deadline": time.time() + timeout_s}, timeout_s)
+        answers = self._links.ask_all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
+                                                            "deadline": time.time() + timeout_s}, timeout_s)
         cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
         if len(cohorts) != 1:
             raise RefusedError("parties revealed different cohorts: result discarded")
@@ -210,7 +184,7 @@ class Coordinator:
                            tuple(_close_stats(a.meta) for a in answers))
 
     def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
-        answers = self._all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
+        answers = self._links.ask_all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
         specs = {RoundSpec.from_json(a.meta.get("spec")) for a in answers}
         spec = specs.pop()
         if specs or spec.round_id != round_id:
@@ -220,4 +194,4 @@ class Coordinator:
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""
-        return [a.meta for a in self._all(MsgType.STATUS, {}, timeout_s)]
+        return [a.meta for a in self._links.ask_all(MsgType.STATUS, {}, timeout_s)]

@@ -217,8 +217,8 @@ class PartyCore:
     def _agree_and_reveal(self, r: int, session: str, left: float) -> Reply:
         st = self.table.rounds.get(r)
         t0, bytes0 = self.now(), self.peers.bytes_sent()
-        coll = self.peers.begin(f"close:{r}:{session}", left)
         event(log, "close_start", party=self.id, round=r, session=session, timeout_s=round(left, 1))
+        coll = self.peers.begin(f"close:{r}:{session}", left)  # (CrypTen's session setup already talks to peers)
         mine = CloseStatus.of(st, floor=self.cfg.min_clients, dealer=self.peers.has_dealer)
         out = agree(coll, r, st, mine, session, lambda held: CohortSteps(coll, self.store, self.id, self.k, held))
         st = out.round

@@ -22,7 +22,7 @@ import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring
+from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring, split_dealer_value
 from mpc_agg.tensor_codec import obj_decode, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
 from mpc_agg.messages import validate_request
@@ -56,21 +56,11 @@ class Seeded:
 Share = torch.Tensor | Seeded
 
 
-def _additive_shares(x: torch.Tensor, k: int) -> list[Share]:
-    """Party 0 gets x minus the others' shares; parties 1..k-1 get only seeds."""
-    seeded = [Seeded.fresh(list(x.shape)) for _ in range(k - 1)]
-    first = x.clone()
-    for i, s in enumerate(seeded, start=1):
-        first -= s.expand(i)
-    return [first, *seeded]
-
-
-def _xor_shares(x: torch.Tensor, k: int, bits: int = 64) -> list[Share]:
-    seeded = [Seeded.fresh(list(x.shape), bits) for _ in range(k - 1)]
-    first = x.clone()
-    for i, s in enumerate(seeded, start=1):
-        first ^= s.expand(i)
-    return [first, *seeded]
+def _shares(x: torch.Tensor, k: int, *, xor_bits: int | None = None) -> list[Share]:
+    """Party 0 gets its share in full, parties 1..k-1 only seeds: additive mod 2**64, or XOR of the low
+    ``xor_bits`` bits (mpc_agg.dealer_tuples.split_dealer_value)."""
+    first, seeds = split_dealer_value(x, k, xor_bits=xor_bits)
+    return [first, *(Seeded(s, list(x.shape), xor_bits or 64) for s in seeds)]
 
 
 def _encode_share(share: Share) -> tuple[dict[str, Any], bytes]:
@@ -104,23 +94,23 @@ def deal(fn: str, params: dict[str, Any], k: int) -> list[list[Share]]:
             c = getattr(torch, op)(a, b, *args, **kwargs)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise WireError(f"cannot compute {op} for these sizes: {exc}") from None
-        parts = [_additive_shares(a, k), _additive_shares(b, k), _additive_shares(c, k)]
+        parts = [_shares(a, k), _shares(b, k), _shares(c, k)]
     elif fn == "square":
         r = random_ring(_size(params.get("size")))
-        parts = [_additive_shares(r, k), _additive_shares(r * r, k)]
+        parts = [_shares(r, k), _shares(r * r, k)]
     elif fn == "binary":
         a, b = random_ring(_size(params.get("size0"))), random_ring(_size(params.get("size1")))
-        parts = [_xor_shares(a, k), _xor_shares(b, k), _xor_shares(a & b, k)]
+        parts = [_shares(a, k, xor_bits=64), _shares(b, k, xor_bits=64), _shares(a & b, k, xor_bits=64)]
     elif fn == "wraps":
         from crypten.common.util import count_wraps
 
         size = _size(params.get("size"))
         seeded = [Seeded.fresh(size) for _ in range(k)]
         theta = count_wraps([s.expand(i) for i, s in enumerate(seeded)])
-        parts = [seeded, _additive_shares(theta, k)]
+        parts = [seeded, _shares(theta, k)]
     elif fn == "B2A":
         bit = random_ring(_size(params.get("size"))) & 1
-        parts = [_additive_shares(bit, k), _xor_shares(bit, k, bits=1)]
+        parts = [_shares(bit, k), _shares(bit, k, xor_bits=1)]
     else:
         raise WireError(f"unknown dealer function {fn!r}; known: {DEALER_FUNCTIONS}")
     return [[p[i] for p in parts] for i in range(k)]
