@@ -25,6 +25,7 @@ from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, ro
 from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
 from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
+from mpc_agg.messages import request
 from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
@@ -141,7 +142,7 @@ class SecureAggClient:
 
     def fetch_spec(self, round_id: int) -> RoundSpec:
         """The round's spec, identical at every party, or SpecMismatchError."""
-        specs = self._req.ask_all(MsgType.GET_SPEC, {"round": round_id}, self.timeout_s)
+        specs = self._req.ask_all(MsgType.GET_SPEC, request(MsgType.GET_SPEC, round=round_id), self.timeout_s)
         digests = {m.meta.get("digest") for m in specs}
         if len(digests) != 1:
             raise SpecMismatchError(f"parties disagree about round {round_id}'s spec: refusing to submit")
@@ -197,8 +198,8 @@ class SecureAggClient:
         report_id = os.urandom(16)
         ctx = ShareContext(spec.round_id, self.client_id, report_id)
         seeds = new_seeds(len(self._req))
-        meta = {"round": spec.round_id, "client": self.client_id, "report_id": report_id.hex(),
-                "spec_digest": spec.digest()}
+        meta = request(MsgType.REPORT, round=spec.round_id, client=self.client_id, report_id=report_id.hex(),
+                       spec_digest=spec.digest())
         deadline = time.monotonic() + self.timeout_s
         # helpers first (tiny seeds), then the leader's share in chunks
         helpers = [self._req.send(i, MsgType.REPORT, meta, [seeds[i - 1]]) for i in range(1, len(self._req))]
@@ -210,7 +211,8 @@ class SecureAggClient:
                        deadline: float, bits: int) -> None:
         """Send the leader its share chunk by chunk (computed chunk by chunk), a few chunks in flight."""
         req = self._req[0]
-        go = req.wait(req.send(MsgType.REPORT_BEGIN, {**meta, "deadline": time.time() + deadline - time.monotonic()}),
+        go = req.wait(req.send(MsgType.REPORT_BEGIN, request(MsgType.REPORT_BEGIN, **meta,
+                                                         deadline=time.time() + deadline - time.monotonic())),
                       deadline, "party 0")
         chunk = go.meta.get("chunk")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0 or chunk % 2:
@@ -223,8 +225,8 @@ class SecureAggClient:
                 payload = part.data
             else:
                 payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1).data
-            pending.append(req.send(MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
-                                    [payload]))
+            head = request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
+            pending.append(req.send(MsgType.REPORT_CHUNK, head, [payload]))
             if len(pending) >= UPLOAD_WINDOW:
                 req.wait(pending.popleft(), deadline, "party 0")
         while pending:

@@ -6,9 +6,9 @@ The envelope (:mod:`mpc_agg.wire`) guarantees a JSON object of bounded size and
 depth; this module guarantees that the object is one of the request shapes
 (SECURITY.md, "Hostile clients: every limit"): the sender's role first, then known
 fields only, each of its type, strings of bounded length, report ids of exactly 32
-lowercase hex characters, and the payload frame count the type carries.  A violation is a :class:`WireError` whose message
-names the field but never repeats its value (so a 1 MB id is neither echoed nor
-logged).
+lowercase hex characters, and the payload frame count the type carries.  A violation is
+a :class:`WireError` whose message names the field but never repeats its value (so a
+1 MB id is neither echoed nor logged).
 """
 
 from __future__ import annotations

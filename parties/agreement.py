@@ -118,7 +118,8 @@ class LocalGroup:
 
     def __init__(self, k: int, timeout_s: float = 10.0) -> None:
         self.k, self.timeout_s = k, timeout_s
-        self.queues: dict[tuple[int, int], queue.SimpleQueue[torch.Tensor]] = {(i, j): queue.SimpleQueue() for i in range(k) for j in range(k) if i != j}
+        self.queues: dict[tuple[int, int], queue.SimpleQueue[torch.Tensor]] = {
+            (i, j): queue.SimpleQueue() for i in range(k) for j in range(k) if i != j}
 
     def __getitem__(self, rank: int) -> "LocalPeer":
         return LocalPeer(self, rank)

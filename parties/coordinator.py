@@ -25,6 +25,7 @@ from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import MAX_REPORTS_PER_ROUND, decode_average
 from mpc_agg.ring import add_sum_share
 from mpc_agg.logs import event
+from mpc_agg.messages import request
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import SecureContext
 from mpc_agg.wire import MsgType
@@ -136,7 +137,7 @@ class Coordinator:
         dp_event = SkellamRound.from_spec(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)
-        self._links.ask_all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
+        self._links.ask_all(MsgType.OPEN_ROUND, request(MsgType.OPEN_ROUND, spec=spec.to_json()), timeout_s)
         self.specs[round_id] = spec
         event(log, "open", round=round_id, dim=spec.dim)
         return spec
@@ -157,8 +158,9 @@ class Coordinator:
         spec = self.specs.get(round_id) or self._spec_from_parties(round_id, timeout_s)
         # the parties drop a close request that reaches them after this deadline (their clocks must
         # agree with ours to well under timeout_s, as NTP gives)
-        answers = self._links.ask_all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
-                                                            "deadline": time.time() + timeout_s}, timeout_s)
+        close = request(MsgType.CLOSE_ROUND, round=round_id, session=os.urandom(8).hex(),
+                        deadline=time.time() + timeout_s)
+        answers = self._links.ask_all(MsgType.CLOSE_ROUND, close, timeout_s)
         cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
         if len(cohorts) != 1:
             raise RefusedError("parties revealed different cohorts: result discarded")
@@ -184,7 +186,7 @@ class Coordinator:
                            tuple(_close_stats(a.meta) for a in answers))
 
     def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
-        answers = self._links.ask_all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
+        answers = self._links.ask_all(MsgType.GET_SPEC, request(MsgType.GET_SPEC, round=round_id), timeout_s)
         specs = {RoundSpec.from_json(a.meta.get("spec")) for a in answers}
         spec = specs.pop()
         if specs or spec.round_id != round_id:
@@ -194,4 +196,4 @@ class Coordinator:
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""
-        return [a.meta for a in self._links.ask_all(MsgType.STATUS, {}, timeout_s)]
+        return [a.meta for a in self._links.ask_all(MsgType.STATUS, request(MsgType.STATUS), timeout_s)]

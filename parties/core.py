@@ -232,7 +232,8 @@ class PartyCore:
         event(log, "reveal", party=self.id, round=r, cohort=len(out.cohort),
               dropped=len(st.reports) - len(out.cohort) - len(out.rejected), rejected=len(out.rejected), **stats)
         meta = {"round": r, "party": self.id, "cohort": out.cohort,
-                "clients": sorted(st.reports[h] for h in out.cohort), "rejected": sorted(st.reports[h] for h in out.rejected), "stats": stats}
+                "clients": sorted(st.reports[h] for h in out.cohort),
+                "rejected": sorted(st.reports[h] for h in out.rejected), "stats": stats}
         # several frames (views, no copy): CURVE then seals frame by frame, not one d-sized copy
         step = max(self.chunk_values, -(-share.size // MAX_PAYLOADS))
         return MsgType.SUM_SHARE, meta, sum_share_frames(share, st.spec.ring_bits, step)
