@@ -51,14 +51,14 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS, encode
+from mpc_agg.fixedpoint import encode
 from mpc_agg.sharing import ShareContext, leader_share, new_seeds
 from mpc_agg.wire import MsgType, encode_message
 
 # check_repo, run_concurrently and stats stay importable from here (benchmarks/normcheck.py uses them)
 from .common import check_repo, mib, party_count, positive_int, positive_seconds, run_concurrently, stats, write_json
 from .plain_server import DTYPE
-from .rounds import MainRun, make_updates, run_main, run_rss
+from .rounds import BOUNDS_FRAC_BITS, MainRun, make_updates, run_main, run_rss
 
 __all__ = ["main", "run", "measure_client_shard", "plaintext_upload_bytes", "print_report", "check_repo",
            "run_concurrently", "stats"]
@@ -149,13 +149,13 @@ def _stages(s: dict[str, list[float]], measured: MainRun) -> dict[str, dict[str,
 
 
 def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence[int],
-        timeout_s: float) -> dict[str, Any]:
+        timeout_s: float, ring_bits: int | None = None) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report."""
     updates = make_updates(clients, dim, seed=0)
-    shard_s = measure_client_shard(updates[0], parties, DEFAULT_FRAC_BITS)
+    shard_s = measure_client_shard(updates[0], parties, BOUNDS_FRAC_BITS)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-bench-") as tmp:
         print(f"main run: {clients} clients, {parties} parties, d={dim:,}, {repeat} repeats", flush=True)
-        measured = run_main(Path(tmp) / "main", updates, parties, repeat, timeout_s)
+        measured = run_main(Path(tmp) / "main", updates, parties, repeat, timeout_s, ring_bits=ring_bits)
         rss_runs = {}
         for n in rss_clients:
             print(f"RSS run: {n} clients", flush=True)
@@ -177,7 +177,8 @@ def run(clients: int, dim: int, parties: int, repeat: int, rss_clients: Sequence
         "max_abs_error": measured.max_abs_error,
         "samples": samples,
         "params": {"clients": clients, "dim": dim, "parties": parties, "repeat": repeat,
-                   "rss_clients": list(rss_clients), "frac_bits": DEFAULT_FRAC_BITS,
+                   "rss_clients": list(rss_clients), "frac_bits": measured.frac_bits,
+                   "ring_bits": measured.ring_bits,
                    "client_threads": clients, "shard_samples": SHARD_SAMPLES, "update_dtype": "float32",
                    "plaintext_dtype": DTYPE.name},
     }
@@ -223,7 +224,9 @@ def print_report(rep: dict[str, Any]) -> None:
         print(f"  {name:42s}{cpu['secure'][name]:10.3f}{cpu['plaintext'][name]:10.3f}")
     up, d = rep["upload_bytes_per_client"], p["dim"]
     plain_up = rep["plaintext_upload_bytes_per_client"]
-    print(f"upload per client: secure {up:,} B = 8·d + {up - 8 * d:,} B (every message to every party); "
+    width = p.get("ring_bits", 64) // 8
+    print(f"upload per client: secure ({p.get('ring_bits', 64)}-bit ring) {up:,} B = {width}·d + {up - width * d:,} B "
+          "(every message to every party); "
           f"plaintext ({DTYPE.name}) {plain_up:,} B = {DTYPE.itemsize}·d + {plain_up - DTYPE.itemsize * d:,} B")
     by_party = ", ".join(mib(b) for b in rep["party_peak_rss_by_party"])
     print(f"party peak RSS after warm-up + {p['repeat']} rounds (n={p['clients']}): "
@@ -252,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=positive_seconds, default=300.0, help="bound on every wait, in seconds")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test sizes: --clients 3 --dim 1000 --parties 2 --repeat 1 --rss-clients 3")
+    p.add_argument("--ring-bits", type=int, choices=(32, 64), default=None,
+                   help="the secure rounds' ring (default: 32 where the stated bounds fit, as a deployment picks)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.dim, args.parties, args.repeat, args.rss_clients = 3, 1000, 2, 1, [3]
     check_repo("benchmarks.overhead")
-    rep = run(args.clients, args.dim, args.parties, args.repeat, args.rss_clients, args.timeout)
+    rep = run(args.clients, args.dim, args.parties, args.repeat, args.rss_clients, args.timeout, args.ring_bits)
     print_report(rep)
     write_json(args.json, rep)
     return 0

@@ -17,14 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import psutil
 
 from fl_client import SecureAggClient
-from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 from parties.coordinator import Coordinator, RoundResult
 from parties.launcher import LocalDeployment
 
@@ -32,10 +31,12 @@ from .common import NAME, cpu_delta, cpu_seconds, logs_on_failure, party_rss, ru
 from .plain_server import PlainClient, PlainCoordinator, PlainServerProcess
 
 __all__ = ["RoundTiming", "MainRun", "Harness", "harness", "make_updates", "secure_round", "plain_round",
-           "check_average", "plain_tolerance", "run_main", "run_rss", "RSS_CLIENT_THREADS"]
+           "check_average", "plain_tolerance", "round_bounds", "secure_tolerance", "BOUNDS_FRAC_BITS", "run_main",
+           "run_rss", "RSS_CLIENT_THREADS"]
 
 RSS_CLIENT_THREADS = 16
-SECURE_TOLERANCE = 2.0 ** -DEFAULT_FRAC_BITS
+BOUNDS_FRAC_BITS = 20
+"""Fractional bits of the benchmark's secure rounds (Flower's SecAgg+ quantises to about 2**-19 by default)."""
 
 Updates = npt.NDArray[np.float32]
 
@@ -52,6 +53,20 @@ def plain_tolerance(updates: Updates) -> float:
     return (n + 1) * float(np.max(np.abs(updates))) * 2.0**-24
 
 
+def round_bounds(updates: Updates, ring_bits: int | None = None) -> dict[str, Any]:
+    """What a deployment that clips states for these updates (``open_round``'s bounds): clip at twice the
+    largest update's norm (nothing is clipped), weight 1, a cohort of at most n, BOUNDS_FRAC_BITS fractional
+    bits.  Such a round fits the 32-bit ring (mpc_agg.ring); ``ring_bits=64`` asks for the wide one."""
+    norm = max(float(np.linalg.norm(u.astype(np.float64))) for u in updates)
+    return {"clip_norm": 2 * norm, "max_weight": 1.0, "max_cohort": updates.shape[0], "frac_bits": BOUNDS_FRAC_BITS,
+            "ring_bits": ring_bits}
+
+
+def secure_tolerance(coord: Coordinator, round_id: int) -> float:
+    """The fixed-point resolution of the round: a secure average is within it of the exact mean."""
+    return 2.0 ** -coord.specs[round_id].frac_bits
+
+
 @dataclass(frozen=True)
 class RoundTiming:
     """One round's wall times in seconds; ``submit_s`` has one entry per client."""
@@ -64,10 +79,12 @@ class RoundTiming:
 
 
 def secure_round(coord: Coordinator, clients: Sequence[SecureAggClient], pool: ThreadPoolExecutor, round_id: int,
-                 updates: Updates, min_clients: int, timeout_s: float) -> tuple[RoundTiming, RoundResult]:
-    """open_round → every client's submit, concurrently → close_round."""
+                 updates: Updates, min_clients: int, timeout_s: float,
+                 bounds: Mapping[str, Any]) -> tuple[RoundTiming, RoundResult]:
+    """open_round (with ``bounds``: :func:`round_bounds`) → every client's submit, concurrently → close_round."""
     t0 = time.perf_counter()
-    coord.open_round(round_id, shapes={NAME: (updates.shape[1],)}, min_clients=min_clients, timeout_s=timeout_s)
+    coord.open_round(round_id, shapes={NAME: (updates.shape[1],)}, min_clients=min_clients, timeout_s=timeout_s,
+                     **bounds)
     t1 = time.perf_counter()
     calls = [lambda c=c, u=u: c.submit(round_id, {NAME: u}) for c, u in zip(clients, updates)]
     uploads_s, submit_s = run_concurrently(pool, calls, timeout_s)
@@ -164,17 +181,21 @@ class MainRun:
     max_abs_error: dict[str, float] = field(default_factory=lambda: {"secure": 0.0, "plaintext": 0.0})
     rss: dict[str, list[int]] = field(default_factory=dict)
     secure_upload_bytes: int = 0  # what client-0 sent to all parties in one secure round
+    ring_bits: int = 64  # of the secure rounds' update shares
+    frac_bits: int = BOUNDS_FRAC_BITS
 
 
-def _timed_pair(h: Harness, run: MainRun, round_id: int, updates: Updates, timeout_s: float) -> None:
+def _timed_pair(h: Harness, run: MainRun, round_id: int, updates: Updates, timeout_s: float,
+                bounds: Mapping[str, Any]) -> None:
     """One secure round, then one plaintext round; both checked, everything recorded in ``run``."""
     pcoord, pclients = h.plain_side()
     n = updates.shape[0]
     expected = updates.mean(axis=0, dtype=np.float64)
     procs = h.procs()
     c0, b0 = cpu_seconds(procs), h.clients[0].bytes_sent
-    st, result = secure_round(h.coord, h.clients, h.pool, round_id, updates, min(3, n), timeout_s)
+    st, result = secure_round(h.coord, h.clients, h.pool, round_id, updates, min(3, n), timeout_s, bounds)
     run.secure_upload_bytes = h.clients[0].bytes_sent - b0
+    run.ring_bits, run.frac_bits = h.coord.specs[round_id].ring_bits, h.coord.specs[round_id].frac_bits
     c1 = cpu_seconds(procs)
     pt, average, weight = plain_round(pcoord, pclients, h.pool, round_id, updates, timeout_s)
     c2 = cpu_seconds(procs)
@@ -182,7 +203,7 @@ def _timed_pair(h: Harness, run: MainRun, round_id: int, updates: Updates, timeo
     run.cpu["plaintext"].append(cpu_delta(c1, c2))
     err = run.max_abs_error
     err["secure"] = max(err["secure"], check_average("secure", result.average[NAME].numpy(), result.total_weight,
-                                                     expected, n, SECURE_TOLERANCE))
+                                                     expected, n, secure_tolerance(h.coord, round_id)))
     err["plaintext"] = max(err["plaintext"], check_average("plaintext", average, weight, expected, n,
                                                            plain_tolerance(updates)))
     run.secure.append(st)
@@ -190,18 +211,21 @@ def _timed_pair(h: Harness, run: MainRun, round_id: int, updates: Updates, timeo
     run.party_stats.append(result.party_stats)
 
 
-def run_main(workdir: Path, updates: Updates, parties: int, repeat: int, timeout_s: float) -> MainRun:
+def run_main(workdir: Path, updates: Updates, parties: int, repeat: int, timeout_s: float, *,
+             ring_bits: int | None = None) -> MainRun:
     """One untimed warm-up round of each kind, then ``repeat`` alternating secure/plaintext rounds with n
-    concurrent client threads; timings, errors, the parties' close figures and party RSS."""
+    concurrent client threads; timings, errors, the parties' close figures and party RSS.  The secure
+    rounds state :func:`round_bounds` (``ring_bits``: None picks 32 when they fit, as a deployment would)."""
     n = updates.shape[0]
+    bounds = round_bounds(updates, ring_bits)
     run = MainRun()
     t0 = time.perf_counter()
     with harness(workdir, n, parties, timeout_s, plain=True, threads=n) as h:
         print(f"  {parties} parties + dealer + plaintext server up in {time.perf_counter() - t0:.1f} s", flush=True)
-        secure_round(h.coord, h.clients, h.pool, 0, updates, min(3, n), timeout_s)
+        secure_round(h.coord, h.clients, h.pool, 0, updates, min(3, n), timeout_s, bounds)
         plain_round(*h.plain_side(), h.pool, 0, updates, timeout_s)
         for r in range(1, repeat + 1):
-            _timed_pair(h, run, r, updates, timeout_s)
+            _timed_pair(h, run, r, updates, timeout_s, bounds)
             print(f"  round {r}/{repeat}: secure {run.secure[-1].total_s:.3f} s, "
                   f"plaintext {run.plaintext[-1].total_s:.3f} s", flush=True)
         run.rss = party_rss(h.ld)
@@ -217,8 +241,9 @@ def run_rss(workdir: Path, clients: int, dim: int, parties: int, timeout_s: floa
     with harness(workdir, clients, parties, timeout_s, plain=False,
                  threads=min(clients, RSS_CLIENT_THREADS)) as h:
         idle = party_rss(h.ld)["current"]
-        _, result = secure_round(h.coord, h.clients, h.pool, 1, updates, min(3, clients), timeout_s)
+        _, result = secure_round(h.coord, h.clients, h.pool, 1, updates, min(3, clients), timeout_s,
+                                 round_bounds(updates))
         check_average("secure", result.average[NAME].numpy(), result.total_weight,
-                      updates.mean(axis=0, dtype=np.float64), clients, SECURE_TOLERANCE)
+                      updates.mean(axis=0, dtype=np.float64), clients, secure_tolerance(h.coord, 1))
         after = party_rss(h.ld)
     return {"idle": idle, "peak": after["peak"], "current": after["current"]}
