@@ -97,6 +97,8 @@ class SecureAggClient:
     even when an acknowledgement then times out.
     """
 
+    SPEC_CACHE = 16
+
     def __init__(
         self,
         deployment: Deployment,
@@ -120,6 +122,7 @@ class SecureAggClient:
                                          delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
+        self._specs: dict[int, RoundSpec] = {}
         self._req = PartyLinks.to_parties(self.sctx, deployment.parties, public_key=cfg.public_key, secret_key=secret)
 
     @classmethod
@@ -141,7 +144,10 @@ class SecureAggClient:
         self.close()
 
     def fetch_spec(self, round_id: int) -> RoundSpec:
-        """The round's spec, identical at every party, or SpecMismatchError."""
+        """The round's spec, identical at every party, or SpecMismatchError.  Asked once per round (a
+        round's spec never changes and its id is never reused); the last ``SPEC_CACHE`` are kept."""
+        if round_id in self._specs:
+            return self._specs[round_id]
         specs = self._req.ask_all(MsgType.GET_SPEC, request(MsgType.GET_SPEC, round=round_id), self.timeout_s)
         digests = {m.meta.get("digest") for m in specs}
         if len(digests) != 1:
@@ -149,6 +155,9 @@ class SecureAggClient:
         spec = RoundSpec.from_json(specs[0].meta.get("spec"))
         if spec.digest() != specs[0].meta.get("digest") or spec.round_id != round_id:
             raise SpecMismatchError("a party's spec does not match its own digest")
+        if len(self._specs) >= self.SPEC_CACHE:
+            del self._specs[next(iter(self._specs))]
+        self._specs[round_id] = spec
         return spec
 
     def submit(self, round_id: int, update: Mapping[str, Any], *, weight: float = 1.0, clip: bool = True) -> str:
