@@ -6,48 +6,53 @@ Run from the repository root::
 
 One deployment (k parties on loopback); one round; ``--submits`` clients submit the same
 update one after another (no contention).  Reported per submit: process CPU (all
-threads), this thread's CPU, its split over the client's stages (timed with
-``time.thread_time`` around the functions ``SecureAggClient.submit`` calls) and the
-remainder, which is ZeroMQ's I/O thread: CURVE sealing of every frame.  For contrast,
-the CPU of sending the same d float64 values over a CURVE socket pair inside this
-process (seal and open: what a plaintext round pays per client, both ends).
+threads), this thread's CPU, its split over the client's stages (``cProfile`` with
+``time.thread_time`` as its timer: the cumulative CPU of the functions in ``STAGES``; the
+profiler's own cost lands in "other") and the remainder, which is ZeroMQ's I/O thread:
+CURVE sealing of every frame.  For contrast, the CPU of sending the same d values as
+float32 over a CURVE socket pair inside this process (seal and open: what a plaintext
+FedAvg round, :mod:`benchmarks.plain_server`, pays per client, both ends).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import cProfile
+import pstats
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zmq
 
-import fl_client.client as client_mod
 from fl_client import SecureAggClient
+from mpc_agg.fixedpoint import encode
+from mpc_agg.sharing import leader_share
 from mpc_agg.transport import SecureContext
 from parties.coordinator import Coordinator
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, positive_int, check_repo
+from .common import NAME, check_repo, positive_int, write_json
 
 __all__ = ["profile_submits", "main"]
 
-STAGES = ("fetch_spec", "encode", "leader_share")
+STAGES = {"fetch_spec": SecureAggClient.fetch_spec, "encode": encode, "leader_share": leader_share}
+"""The functions ``SecureAggClient.submit`` calls whose CPU is reported apart (cumulative, this thread)."""
 
 
-def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.thread_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[name] = totals.get(name, 0.0) + time.thread_time() - t0
-    return wrapper
+def _stage_seconds(prof: cProfile.Profile) -> dict[str, float]:
+    """Each stage's cumulative thread-CPU seconds in ``prof`` (0 where the function was never called)."""
+    by_code = {(fn.__code__.co_filename, fn.__code__.co_firstlineno, fn.__code__.co_name): name
+               for name, fn in STAGES.items()}
+    out = dict.fromkeys(STAGES, 0.0)
+    for key, (_cc, _nc, _tt, cumulative, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        if key in by_code:
+            out[by_code[key]] += cumulative
+    return out
 
 
 def _curve_send_cpu(payload: np.ndarray, sends: int) -> float:
@@ -78,33 +83,25 @@ def _curve_send_cpu(payload: np.ndarray, sends: int) -> float:
 
 
 def profile_submits(dim: int, parties: int, submits: int, workdir: Path) -> dict[str, Any]:
-    totals: dict[str, float] = {}
-    originals = {name: getattr(client_mod, name) for name in ("encode", "leader_share")}
-    fetch = SecureAggClient.fetch_spec
+    """``submits`` clients submit one after another; this thread is profiled (cProfile, thread CPU time)."""
     update = np.random.default_rng(0).normal(0.0, 0.01, dim)
-    ld = LocalDeployment(workdir, parties=parties, clients=submits + 1, min_clients=1, dealer=False)
-    try:
-        for name, fn in originals.items():
-            setattr(client_mod, name, _timed(totals, name, fn))
-        SecureAggClient.fetch_spec = _timed(totals, "fetch_spec", fetch)  # type: ignore[method-assign]
-        with ld, Coordinator(ld.deployment) as coord:
-            coord.open_round(1, shapes={NAME: (dim,)}, min_clients=1)
-            clients = [SecureAggClient(ld.deployment, f"client-{i}") for i in range(submits + 1)]
-            try:
-                clients[0].submit(1, {NAME: update})  # warm-up
-                totals.clear()
-                p0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
-                for c in clients[1:]:
-                    c.submit(1, {NAME: update})
-                process, thread, wall = (time.process_time() - p0, time.thread_time() - t0,
-                                         time.perf_counter() - w0)
-            finally:
-                for c in clients:
-                    c.close()
-    finally:
-        for name, fn in originals.items():
-            setattr(client_mod, name, fn)
-        SecureAggClient.fetch_spec = fetch  # type: ignore[method-assign]
+    prof = cProfile.Profile(timer=time.thread_time)
+    with LocalDeployment(workdir, parties=parties, clients=submits + 1, min_clients=1, dealer=False) as ld, \
+            Coordinator(ld.deployment) as coord:
+        coord.open_round(1, shapes={NAME: (dim,)}, min_clients=1)
+        clients = [SecureAggClient(ld.deployment, f"client-{i}") for i in range(submits + 1)]
+        try:
+            clients[0].submit(1, {NAME: update})  # warm-up
+            p0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
+            prof.enable()
+            for c in clients[1:]:
+                c.submit(1, {NAME: update})
+            prof.disable()
+            process, thread, wall = (time.process_time() - p0, time.thread_time() - t0, time.perf_counter() - w0)
+        finally:
+            for c in clients:
+                c.close()
+    totals = _stage_seconds(prof)
     per = {name: 1e3 * totals.get(name, 0.0) / submits for name in STAGES}
     thread_ms = 1e3 * thread / submits
     return {
@@ -114,7 +111,7 @@ def profile_submits(dim: int, parties: int, submits: int, workdir: Path) -> dict
         "client_thread_other_ms": thread_ms - sum(per.values()),
         "zmq_io_thread_cpu_ms": 1e3 * (process - thread) / submits,
         "wall_ms": 1e3 * wall / submits,
-        "curve_seal_and_open_cpu_ms": 1e3 * _curve_send_cpu(update, submits),
+        "curve_seal_and_open_cpu_ms": 1e3 * _curve_send_cpu(update.astype(np.float32), submits),
         "params": {"dim": dim, "parties": parties, "submits": submits},
     }
 
@@ -136,12 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {name:24s}{ms:8.1f}")
     print(f"    {'other':24s}{rep['client_thread_other_ms']:8.1f}")
     print(f"  ZeroMQ I/O thread (CURVE) {rep['zmq_io_thread_cpu_ms']:8.1f}")
-    print(f"  for contrast, CURVE seal + open of the float64 vector (what a plaintext round pays per client): "
+    print(f"  for contrast, CURVE seal + open of the float32 vector (what a plaintext round pays per client): "
           f"{rep['curve_seal_and_open_cpu_ms']:.1f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rep, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, rep)
     return 0
 
 

@@ -30,14 +30,14 @@ Flower + mpc-agg (adapter): :func:`benchmarks.flower_adapter.run_adapter`, the s
 engine through ``parties.flower.MpcAggStrategy`` and ``fl_client.flower.MpcAggMod`` (Message API),
 k=3 party processes, one warm-up round then ``--repeat`` rounds.
 
-mpc-agg side: :func:`benchmarks.overhead.run_main` on the same vectors (k=3 parties, CURVE
-ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext rounds
+mpc-agg side: :func:`benchmarks.rounds.run_main` on the same vectors (k=3 parties, CURVE
+ZeroMQ on loopback), after the Flower run has ended; it alternates secure / plaintext (float32 FedAvg) rounds
 after one warm-up of each and checks both averages itself.
 
 Reported: the median of ``--repeat`` rounds of each kind and the ratios Flower SecAgg+ /
 mpc-agg secure and Flower SecAgg+ / Flower + mpc-agg (adapter).  If flwr (with Ray) is not
 importable this prints how to install it and exits 0 with status "skipped".
-``benchmarks.overhead`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
+``benchmarks.rounds`` (mpc_agg, torch) is imported only in the driver, so that the Ray actors,
 which load this module's client code, stay small.
 """
 
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import os
 import signal
@@ -56,10 +55,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import numpy.typing as npt
+
+from .common import check_repo, positive_int, write_json
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -232,11 +233,10 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
     import ray
 
     from benchmarks.flower_adapter import run_adapter
-    from benchmarks.overhead import make_updates, run_main
+    from benchmarks.rounds import make_updates, run_main
 
-    updates32 = make_updates(clients, dim, seed=0).astype(np.float32)
-    updates = updates32.astype(np.float64)
-    expected = updates.mean(axis=0)
+    updates32 = make_updates(clients, dim, seed=0)  # float32, as every row of this comparison sends
+    expected = updates32.mean(axis=0, dtype=np.float64)
     with tempfile.TemporaryDirectory(prefix="mpc-agg-flower-") as tmp:
         data_path = Path(tmp) / "updates.npy"
         np.save(data_path, updates32)
@@ -247,7 +247,7 @@ def run(clients: int, dim: int, repeat: int, num_shares: int, threshold: int, ti
               flush=True)
         adapter_s, adapter_err = run_adapter(Path(tmp) / "adapter", data_path, expected, repeat, timeout_s)
         print(f"mpc-agg: {clients} clients, {PARTIES} parties, d={dim:,}, {repeat} repeats + 1 warm-up", flush=True)
-        ours = run_main(Path(tmp) / "mpc-agg", updates, PARTIES, repeat, timeout_s)
+        ours = run_main(Path(tmp) / "mpc-agg", updates32, PARTIES, repeat, timeout_s)
     samples = {
         "flower_secagg_round_s": flower.seconds["secagg"][1:],
         "flower_plain_round_s": flower.seconds["plain"][1:],
@@ -285,7 +285,7 @@ def print_report(rep: dict[str, Any]) -> None:
     labels = {"flower_secagg_round_s": "Flower SecAgg+", "flower_plain_round_s": "Flower plain FedAvg",
               "flower_mpc_agg_adapter_round_s": "Flower + mpc-agg (adapter)",
               "mpc_agg_secure_round_s": f"mpc-agg secure (k={p['parties']})",
-              "mpc_agg_plaintext_round_s": "mpc-agg plaintext"}
+              "mpc_agg_plaintext_round_s": "mpc-agg plaintext (float32)"}
     print(f"{'':28s}{'median':>10s}{'min':>10s}{'max':>10s}")
     for key, label in labels.items():
         print(f"{label:28s}{statistics.median(s[key]):10.3f}{min(s[key]):10.3f}{max(s[key]):10.3f}")
@@ -294,21 +294,8 @@ def print_report(rep: dict[str, Any]) -> None:
     print("max |aggregate - mean|: " + ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_error"].items()))
 
 
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _write(path: Path | None, rep: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rep, indent=2) + "\n")
-        print(f"wrote {path}")
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, missing_reason: Callable[[], str | None] = flower_missing) -> int:
+    """The command line; ``missing_reason`` says why Flower cannot run here (None: it can)."""
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=positive_int, default=10)
     p.add_argument("--dim", type=positive_int, default=1_000_000, help="float32 values per client")
@@ -322,18 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--clients must be in [3, {MODULUS_RANGE // QUANTIZATION_RANGE - 1}] (SecAgg+ sums mod 2**32)")
     if not 2 < args.num_shares <= args.clients or not 1 < args.threshold < args.num_shares:
         p.error("need 2 < --num-shares <= --clients and 1 < --threshold < --num-shares")
-    from benchmarks.overhead import check_repo
-
     check_repo(MODULE)
     params = {"clients": args.clients, "dim": args.dim, "repeat": args.repeat}
-    missing = flower_missing()
+    missing = missing_reason()
     if missing is not None:
         print(f"{MODULE}: skipped: {missing}; {INSTALL_HINT}", flush=True)
-        _write(args.json, {"status": "skipped", "reason": f"{missing}; {INSTALL_HINT}", "params": params})
+        write_json(args.json, {"status": "skipped", "reason": f"{missing}; {INSTALL_HINT}", "params": params})
         return 0
     rep = run(args.clients, args.dim, args.repeat, args.num_shares, args.threshold, args.timeout)
     print_report(rep)
-    _write(args.json, rep)
+    write_json(args.json, rep)
     return 0
 
 

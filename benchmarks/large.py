@@ -1,6 +1,6 @@
 """The largest delta: one secure round with a d-parameter update (default 1e8) at k=3, n=4.
 
-Run from the repository root (``benchmarks`` is never installed; see :mod:`benchmarks.overhead`)::
+Run from the repository root (``benchmarks`` is never installed; see benchmarks/__init__.py)::
 
     python -m benchmarks.large --dim 100000000 --clients 4 --parties 3 --json bench-out/large.json
 
@@ -20,7 +20,6 @@ this harness's own peak RSS (client and coordinator side).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -37,7 +36,7 @@ from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 from parties.coordinator import Coordinator
 from parties.launcher import LocalDeployment
 
-from .overhead import NAME, mib, positive_int, check_repo, party_rss, print_log_tails
+from .common import NAME, check_repo, count, logs_on_failure, mib, party_rss, positive_int, write_json
 
 __all__ = ["run_large", "main"]
 
@@ -51,7 +50,7 @@ def run_large(dim: int, clients: int, parties: int, workdir: Path, timeout_s: fl
     base = pattern(dim)
     ld = LocalDeployment(workdir, parties=parties, clients=clients, min_clients=clients, dealer=False)
     submit_s: list[float] = []
-    try:
+    with logs_on_failure(ld.log_dir):
         with ld, Coordinator(ld.deployment) as coord:
             coord.open_round(1, shapes={NAME: (dim,)}, min_clients=clients, timeout_s=timeout_s)
             for i in range(clients):
@@ -70,9 +69,6 @@ def run_large(dim: int, clients: int, parties: int, workdir: Path, timeout_s: fl
             del result
             expected_scale = (clients + 1) / 2.0  # mean of 1..n
             err = float(np.max(np.abs(average - base.astype(np.float64) * expected_scale)))
-    except BaseException:
-        print_log_tails(ld.log_dir)
-        raise
     tolerance = 2.0 ** -DEFAULT_FRAC_BITS
     share_mb = 8 * (dim + 1) / 1e6
     return {
@@ -104,7 +100,7 @@ def print_report(rep: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     check_repo("benchmarks.large")
     p = argparse.ArgumentParser(prog="python -m benchmarks.large", description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=lambda s: positive_int(str(int(float(s)))), default=100_000_000)
+    p.add_argument("--dim", type=count, default=100_000_000)
     p.add_argument("--clients", type=positive_int, default=4)
     p.add_argument("--parties", type=int, choices=range(2, 11), default=3, metavar="K")
     p.add_argument("--timeout", type=float, default=1800.0, help="bound on every wait, in seconds")
@@ -114,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largest delta: d={args.dim:,}, {args.clients} clients, {args.parties} parties", flush=True)
         rep = run_large(args.dim, args.clients, args.parties, Path(tmp), args.timeout)
     print_report(rep)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rep, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, rep)
     return 0 if rep["ok"] else 1
 
 

@@ -25,7 +25,6 @@ CPU seconds every process used from open to close.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -46,10 +45,10 @@ from mpc_agg.errors import MpcAggError
 from parties.coordinator import Coordinator, RoundResult
 from parties.launcher import LocalDeployment
 
-from .overhead import (NAME, check_repo, cpu_delta, cpu_seconds, mib, party_rss, positive_int, print_log_tails,
-                       proc_status_bytes)
+from .common import (NAME, check_repo, cpu_delta, cpu_seconds, logs_on_failure, mib, party_count, party_rss,
+                     positive_int, positive_seconds, print_log_tails, proc_status_bytes, write_json)
 
-__all__ = ["client_update", "main", "run_load"]
+__all__ = ["ClientFn", "client_update", "main", "one_client", "run_load"]
 
 ROUND = 1
 
@@ -59,8 +58,13 @@ def client_update(index: int, dim: int, seed: int = 0) -> npt.NDArray[np.float64
     return np.random.default_rng([seed, index]).normal(0.0, 0.01, size=dim)
 
 
-def _one_client(dep: Deployment, client_id: str, update: npt.NDArray[np.float64],
-                timeout_s: float) -> tuple[float, float]:
+ClientFn = Callable[[Deployment, str, npt.NDArray[np.float64], float], tuple[float, float]]
+"""What one client does in the load test: ``(deployment, client id, update, timeout_s)`` →
+(submit seconds, session seconds); :func:`one_client` by default, a test may pass a faulty one."""
+
+
+def one_client(dep: Deployment, client_id: str, update: npt.NDArray[np.float64],
+               timeout_s: float) -> tuple[float, float]:
     """Connect, submit, close: (submit seconds, seconds from connect to closed)."""
     t0 = time.perf_counter()
     with SecureAggClient(dep, client_id, timeout_s=timeout_s) as client:
@@ -77,16 +81,16 @@ def _latency(xs: Sequence[float]) -> dict[str, float] | None:
             "mean": statistics.fmean(xs)}
 
 
-def _submit_all(dep: Deployment, ids: Sequence[str], dim: int, seed: int, workers: int, timeout_s: float
-                ) -> tuple[float, list[float], list[float], list[dict[str, str]]]:
-    """Every client's submit through ``workers`` threads: (wall s, submit s, session s, failures)."""
+def _submit_all(dep: Deployment, ids: Sequence[str], dim: int, seed: int, workers: int, timeout_s: float,
+                client: ClientFn) -> tuple[float, list[float], list[float], list[dict[str, str]]]:
+    """Every client's ``client`` call through ``workers`` threads: (wall s, submit s, session s, failures)."""
     submit_s: list[float] = []
     session_s: list[float] = []
     failures: list[dict[str, str]] = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load-client") as pool:
         futures: dict[Future[tuple[float, float]], str] = {
-            pool.submit(lambda i=i, cid=cid: _one_client(dep, cid, client_update(i, dim, seed), timeout_s)): cid
+            pool.submit(lambda i=i, cid=cid: client(dep, cid, client_update(i, dim, seed), timeout_s)): cid
             for i, cid in enumerate(ids)}
         _, pending = wait(futures, timeout=timeout_s)
         for f in pending:
@@ -125,75 +129,75 @@ def _check(result: RoundResult | None, ids: Sequence[str], expected: npt.NDArray
     }
 
 
+def _run_round(ld: LocalDeployment, dim: int, seed: int, workers: int, timeout_s: float, client: ClientFn,
+               t_start: float) -> tuple[dict[str, Any], RoundResult | None]:
+    """Start the deployment, open the round, run every client, close the round: (figures, the result or
+    None if the close failed).  The figures' ``frac_bits`` is the round's."""
+    dep = ld.deployment
+    clients = len(dep.clients)
+    with logs_on_failure(ld.log_dir), ld, Coordinator(dep) as coord:
+        coord.status(timeout_s=timeout_s)  # every party serving
+        setup_s = time.perf_counter() - t_start
+        procs = {name: psutil.Process(p.pid) for name, p in ld.procs.items()}
+        cpu0 = cpu_seconds(procs)
+        t0 = time.perf_counter()
+        spec = coord.open_round(ROUND, shapes={NAME: (dim,)}, min_clients=clients, timeout_s=timeout_s)
+        open_s = time.perf_counter() - t0
+        print(f"  {len(dep.parties)} parties up in {setup_s:.1f} s; round open; {clients} clients submitting "
+              f"through {workers} threads", flush=True)
+        ids = [c.id for c in dep.clients]
+        wall, submit_s, session_s, failures = _submit_all(dep, ids, dim, seed, workers, timeout_s, client)
+        t1 = time.perf_counter()
+        result: RoundResult | None = None
+        close_error = None
+        try:
+            result = coord.close_round(ROUND, timeout_s=timeout_s)
+        except MpcAggError as exc:
+            close_error = f"{type(exc).__name__}: {exc}"
+        t2 = time.perf_counter()
+        figures = {"failures": failures, "close_error": close_error, "setup_s": setup_s, "open_s": open_s,
+                   "submit_wall_s": wall, "throughput_per_s": clients / wall,
+                   "submit_latency_s": _latency(submit_s), "client_session_s": _latency(session_s),
+                   "close_s": t2 - t1, "round_s": t2 - t0, "cpu_s": cpu_delta(cpu0, cpu_seconds(procs)),
+                   "frac_bits": spec.frac_bits}
+        rss = party_rss(ld)
+    return {**figures, "party_peak_rss_bytes": rss["peak"], "party_current_rss_bytes": rss["current"]}, result
+
+
 def run_load(clients: int, dim: int, parties: int, workers: int, workdir: Path | None,
-             timeout_s: float, *, seed: int = 0) -> dict[str, Any]:
-    """Run the load test in ``workdir`` (a temporary directory if None); returns the JSON report."""
+             timeout_s: float, *, seed: int = 0, client: ClientFn = one_client) -> dict[str, Any]:
+    """Run the load test in ``workdir`` (a temporary directory if None); returns the JSON report.
+
+    ``client`` is what each client does (:func:`one_client`: connect, submit, close)."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="mpc-agg-load-") as tmp:
-            return run_load(clients, dim, parties, workers, Path(tmp), timeout_s, seed=seed)
+            return run_load(clients, dim, parties, workers, Path(tmp), timeout_s, seed=seed, client=client)
     t_start = time.perf_counter()
     expected = np.zeros(dim)
     for i in range(clients):
         expected += client_update(i, dim, seed)
     expected /= clients
     ld = LocalDeployment(workdir, parties=parties, clients=clients, min_clients=clients, dealer=False)
-    dep = ld.deployment
-    ids = [c.id for c in dep.clients]
-    try:
-        with ld, Coordinator(dep) as coord:
-            coord.status(timeout_s=timeout_s)  # every party serving
-            setup_s = time.perf_counter() - t_start
-            procs = {name: psutil.Process(p.pid) for name, p in ld.procs.items()}
-            cpu0 = cpu_seconds(procs)
-            t0 = time.perf_counter()
-            spec = coord.open_round(ROUND, shapes={NAME: (dim,)}, min_clients=clients, timeout_s=timeout_s)
-            open_s = time.perf_counter() - t0
-            print(f"  {parties} parties up in {setup_s:.1f} s; round open; {clients} clients submitting "
-                  f"through {workers} threads", flush=True)
-            wall, submit_s, session_s, failures = _submit_all(dep, ids, dim, seed, workers, timeout_s)
-            t1 = time.perf_counter()
-            result: RoundResult | None = None
-            close_error = None
-            try:
-                result = coord.close_round(ROUND, timeout_s=timeout_s)
-            except MpcAggError as exc:
-                close_error = f"{type(exc).__name__}: {exc}"
-            close_s = time.perf_counter() - t1
-            round_s = time.perf_counter() - t0
-            cpu = cpu_delta(cpu0, cpu_seconds(procs))
-            rss = party_rss(ld)
-    except BaseException:
-        print_log_tails(ld.log_dir)
-        raise
-    tolerance = 2.0 ** -spec.frac_bits
+    ids = [c.id for c in ld.deployment.clients]
+    figures, result = _run_round(ld, dim, seed, workers, timeout_s, client, t_start)
+    frac_bits = figures.pop("frac_bits")
+    tolerance = 2.0 ** -frac_bits
     check = _check(result, ids, expected, tolerance)
-    ok = (not failures and close_error is None and not check["lost"] and not check["duplicates"]
-          and not check["unexpected"] and check["accepted"] == clients and check["report_ids"] == clients
-          and check["total_weight"] is not None and abs(check["total_weight"] - clients) <= 1e-6
-          and check["average_ok"])
+    ok = (not figures["failures"] and figures["close_error"] is None and not check["lost"]
+          and not check["duplicates"] and not check["unexpected"] and check["accepted"] == clients
+          and check["report_ids"] == clients and check["total_weight"] is not None
+          and abs(check["total_weight"] - clients) <= 1e-6 and check["average_ok"])
     if not ok:
         print_log_tails(ld.log_dir)
     return {
         "ok": ok,
         **check,
-        "failures": failures,
-        "close_error": close_error,
+        **figures,
         "tolerance": tolerance,
-        "setup_s": setup_s,
-        "open_s": open_s,
-        "submit_wall_s": wall,
-        "throughput_per_s": clients / wall,
-        "submit_latency_s": _latency(submit_s),
-        "client_session_s": _latency(session_s),
-        "close_s": close_s,
-        "round_s": round_s,
         "total_s": time.perf_counter() - t_start,
-        "party_peak_rss_bytes": rss["peak"],
-        "party_current_rss_bytes": rss["current"],
         "harness_peak_rss_bytes": proc_status_bytes(os.getpid(), "VmHWM"),
-        "cpu_s": cpu,
         "params": {"clients": clients, "dim": dim, "parties": parties, "workers": workers, "timeout_s": timeout_s,
-                   "frac_bits": spec.frac_bits, "seed": seed, "dealer": False},
+                   "frac_bits": frac_bits, "seed": seed, "dealer": False},
     }
 
 
@@ -231,33 +235,13 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"check: {'PASSED' if rep['ok'] else 'FAILED'}")
 
 
-def _parties(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {v}")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=positive_int, default=1000)
     p.add_argument("--dim", type=positive_int, default=10_000, help="values per update")
-    p.add_argument("--parties", type=_parties, default=3)
+    p.add_argument("--parties", type=party_count, default=3)
     p.add_argument("--workers", type=positive_int, default=16, help="client threads submitting at once")
-    p.add_argument("--timeout", type=_seconds, default=600.0,
+    p.add_argument("--timeout", type=positive_seconds, default=600.0,
                    help="bound on every wait (parties up, all submits, close), in seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="deployment directory (default: a temporary one)")
@@ -266,10 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     check_repo("benchmarks.load")
     rep = run_load(args.clients, args.dim, args.parties, args.workers, args.workdir, args.timeout, seed=args.seed)
     print_report(rep)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rep, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, rep)
     return 0 if rep["ok"] else 1
 
 

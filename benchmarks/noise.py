@@ -14,12 +14,12 @@ the same AES-CTR generator, and their ratio, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.overhead import check_repo, stats
+from benchmarks.common import check_repo, stats, write_json
 from mpc_agg.dp import csprng
 from mpc_agg.noise import PoissonTable, poisson_lambda, skellam
 
@@ -57,13 +57,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     check_repo("benchmarks.noise")
     res = run(args.dim, args.repeat)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_json(args.json, res)
 
 
 if __name__ == "__main__":

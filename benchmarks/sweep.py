@@ -1,11 +1,11 @@
 """Sweep of the secure round against plaintext FedAvg over n, d and k, and of party memory over n.
 
-Run from the repository root (``benchmarks`` is never installed; see :mod:`benchmarks.overhead`)::
+Run from the repository root (``benchmarks`` is never installed; see benchmarks/__init__.py)::
 
     python -m benchmarks.sweep --json bench-out/sweep.json --png bench-out/sweep.png
 
-Every timed point is :func:`benchmarks.overhead.run_main` on a fresh deployment
-(k parties + dealer + the plaintext server, one untimed warm-up round of each
+Every timed point is :func:`benchmarks.rounds.run_main` on a fresh deployment
+(k parties + dealer + the float32 plaintext server, one untimed warm-up round of each
 kind, then ``--repeat`` alternating secure/plaintext rounds, n concurrent
 client threads; both averages checked against the numpy mean).  Grids, each
 holding the other two parameters at the fixed point (default n=10, d=1e6, k=3):
@@ -16,7 +16,7 @@ holding the other two parameters at the fixed point (default n=10, d=1e6, k=3):
 
 a point shared by several grids runs once.  Party memory against n
 (``--rss-clients`` at ``--rss-dim``, default d=1e7, k fixed) is
-:func:`benchmarks.overhead.run_rss`: one secure round on a fresh deployment,
+:func:`benchmarks.rounds.run_rss`: one secure round on a fresh deployment,
 then each party's peak RSS (VmHWM; the leader, party 0, holds the int64
 share vectors, the helpers only seeds).  The JSON holds every point with its
 medians, samples and parameters; the PNG has four panels (time against n, d
@@ -30,7 +30,6 @@ fixed n=3, d=1000, k=2; one repeat); explicit flags override it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -40,8 +39,8 @@ from typing import Any
 
 from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
 
-from .load import _parties, _seconds
-from .overhead import mib, positive_int, check_repo, make_updates, run_main, run_rss, stats
+from .common import check_repo, count, mib, party_count, positive_int, positive_seconds, stats, write_json
+from .rounds import make_updates, run_main, run_rss
 
 __all__ = ["main", "plot", "sweep"]
 
@@ -139,7 +138,7 @@ def plot(rep: dict[str, Any], png: Path) -> None:
         pts = rep["time"][param]
         x = [p[param] for p in pts]
         lines = ax.plot(x, [p["secure_round_s"] for p in pts], "o-", label="secure round")
-        lines += ax.plot(x, [p["plaintext_round_s"] for p in pts], "s-", label="plaintext FedAvg round")
+        lines += ax.plot(x, [p["plaintext_round_s"] for p in pts], "s-", label="plaintext FedAvg round (float32)")
         ax2 = ax.twinx()
         ratio = [p["ratio"] for p in pts]
         lines += ax2.plot(x, ratio, "^--", color="tab:gray", label="ratio secure / plaintext")
@@ -175,19 +174,8 @@ def plot(rep: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
-def _count(text: str) -> int:
-    """A positive integer, also written like 1e6."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v.is_integer() or v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(v)
-
-
 def _counts(text: str) -> list[int]:
-    out = list(dict.fromkeys(_count(t) for t in text.split(",") if t.strip()))  # in order, no repeats
+    out = list(dict.fromkeys(count(t) for t in text.split(",") if t.strip()))  # in order, no repeats
     if not out:
         raise argparse.ArgumentTypeError("needs at least one value")
     return out
@@ -206,14 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=_counts, help="d grid (default 1e4,1e5,1e6,1e7)")
     p.add_argument("--parties", type=_party_counts, help="k grid (default 2,3,5)")
     p.add_argument("--rss-clients", type=_counts, help="n grid of the memory runs (default 2,5,10,20,50)")
-    p.add_argument("--rss-dim", type=_count, help="d of the memory runs (default 1e7)")
+    p.add_argument("--rss-dim", type=count, help="d of the memory runs (default 1e7)")
     p.add_argument("--fixed-clients", type=positive_int, help="n held fixed in the d and k grids (default 10)")
-    p.add_argument("--fixed-dim", type=_count, help="d held fixed in the n and k grids (default 1e6)")
-    p.add_argument("--fixed-parties", type=_parties,
+    p.add_argument("--fixed-dim", type=count, help="d held fixed in the n and k grids (default 1e6)")
+    p.add_argument("--fixed-parties", type=party_count,
                    help="k held fixed in the n and d grids and the memory runs (default 3)")
     p.add_argument("--repeat", type=positive_int, help="timed rounds of each kind per point (default 3)")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test grid (see the module docstring)")
-    p.add_argument("--timeout", type=_seconds, default=300.0, help="bound on every wait, in seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=300.0, help="bound on every wait, in seconds")
     p.add_argument("--json", type=Path, default=Path("bench-out/sweep.json"))
     p.add_argument("--png", type=Path, default=Path("bench-out/sweep.png"))
     args = p.parse_args(argv)
@@ -222,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     check_repo("benchmarks.sweep")
     rep = sweep(grids, args.timeout)
     rep["params"]["quick"] = args.quick
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rep, indent=2) + "\n")
+    write_json(args.json, rep)
     plot(rep, args.png)
     print(f"sweep done in {rep['seconds']:.0f} s ({rep['params']['timed_points']} timed points, "
           f"{len(rep['rss'])} memory runs); wrote {args.json} and {args.png}")

@@ -2,9 +2,10 @@
 
 The client fetches the round's spec from every party and refuses to submit
 unless all of them agree (a coordinator cannot hand parties different specs).
-The upload is a 32-byte seed to each helper and the int64 share vector to the
+The upload is a 32-byte seed to each helper and the dense share vector to the
 leader (mpc_agg.sharing), in chunks once the leader admits the upload, each over
-its party's CURVE channel.
+its party's CURVE channel: 4 bytes per coordinate in rounds whose spec states a
+32-bit ring (mpc_agg.ring), 8 otherwise, plus the 8-byte weight coordinate.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
 from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
+from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
-from mpc_agg.sharing import ShareContext, leader_share, new_seeds
+from mpc_agg.messages import request
+from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
-from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
 __all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
@@ -95,6 +97,8 @@ class SecureAggClient:
     even when an acknowledgement then times out.
     """
 
+    SPEC_CACHE = 16
+
     def __init__(
         self,
         deployment: Deployment,
@@ -118,11 +122,8 @@ class SecureAggClient:
                                          delta=cfg.delta if delta is None else delta)
         self.dep = deployment
         self.sctx = SecureContext()
-        self._req = [
-            Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=cfg.public_key, secret_key=secret,
-                                       server_key=p.public_key))
-            for p in deployment.parties
-        ]
+        self._specs: dict[int, RoundSpec] = {}
+        self._req = PartyLinks.to_parties(self.sctx, deployment.parties, public_key=cfg.public_key, secret_key=secret)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], client_id: str, **kw: Any) -> "SecureAggClient":
@@ -131,7 +132,7 @@ class SecureAggClient:
     @property
     def bytes_sent(self) -> int:
         """Message bytes this client has sent to all parties so far (its upload cost)."""
-        return sum(r.bytes_sent for r in self._req)
+        return self._req.bytes_sent
 
     def close(self) -> None:
         self.sctx.close()
@@ -143,16 +144,20 @@ class SecureAggClient:
         self.close()
 
     def fetch_spec(self, round_id: int) -> RoundSpec:
-        """The round's spec, identical at every party, or SpecMismatchError."""
-        deadline = time.monotonic() + self.timeout_s
-        rids = [r.send(MsgType.GET_SPEC, {"round": round_id}) for r in self._req]
-        specs = [r.wait(rid, deadline, f"party {i}") for i, (r, rid) in enumerate(zip(self._req, rids))]
+        """The round's spec, identical at every party, or SpecMismatchError.  Asked once per round (a
+        round's spec never changes and its id is never reused); the last ``SPEC_CACHE`` are kept."""
+        if round_id in self._specs:
+            return self._specs[round_id]
+        specs = self._req.ask_all(MsgType.GET_SPEC, request(MsgType.GET_SPEC, round=round_id), self.timeout_s)
         digests = {m.meta.get("digest") for m in specs}
         if len(digests) != 1:
             raise SpecMismatchError(f"parties disagree about round {round_id}'s spec: refusing to submit")
         spec = RoundSpec.from_json(specs[0].meta.get("spec"))
         if spec.digest() != specs[0].meta.get("digest") or spec.round_id != round_id:
             raise SpecMismatchError("a party's spec does not match its own digest")
+        if len(self._specs) >= self.SPEC_CACHE:
+            del self._specs[next(iter(self._specs))]
+        self._specs[round_id] = spec
         return spec
 
     def submit(self, round_id: int, update: Mapping[str, Any], *, weight: float = 1.0, clip: bool = True) -> str:
@@ -176,12 +181,13 @@ class SecureAggClient:
             raise EncodingError("update contains NaN or infinite values")
         if clip and spec.clip_norm is not None:
             x = clip_to_norm(x, spec.clip_norm)
+        bound = spec.report_bound()  # 32-bit rounds: what the ring was sized for (RangeError past it)
         if event is None:
             ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
-            encode(x, spec.frac_bits, scale=weight, out=ring[:-1])
+            encode(x, spec.frac_bits, scale=weight, out=ring[:-1], bound=bound)
             encode([weight], spec.frac_bits, out=ring[-1:])
         else:
-            ring = np.append(self._noised(x, event, clipped=clip), encode([weight], spec.frac_bits))
+            ring = np.append(self._noised(x, event, clipped=clip, limit=bound), encode([weight], spec.frac_bits))
         try:
             return self.upload_encoded(spec, ring)
         finally:  # delivered, or perhaps delivered before a timeout: spent either way (once per round)
@@ -194,27 +200,28 @@ class SecureAggClient:
 
         This is what :meth:`submit` does after clipping and encoding, and what a malicious
         client can always do: the parties' own checks (SECURITY.md) must not rely on the client's.
-        ``ring`` is overwritten (the leader's share is computed in place)."""
+        ``ring`` is overwritten (the leader's share is computed in place).  In a 32-bit round the
+        update coordinates are shared mod 2**32 (values outside the round's bound wrap)."""
         if ring.dtype != np.int64 or ring.shape != (spec.dim + 1,):
             raise EncodingError(f"an encoded report is an int64 vector of {spec.dim + 1} values")
         report_id = os.urandom(16)
         ctx = ShareContext(spec.round_id, self.client_id, report_id)
         seeds = new_seeds(len(self._req))
-        meta = {"round": spec.round_id, "client": self.client_id, "report_id": report_id.hex(),
-                "spec_digest": spec.digest()}
+        meta = request(MsgType.REPORT, round=spec.round_id, client=self.client_id, report_id=report_id.hex(),
+                       spec_digest=spec.digest())
         deadline = time.monotonic() + self.timeout_s
         # helpers first (tiny seeds), then the leader's share in chunks
-        rids = [(i, r, r.send(MsgType.REPORT, meta, [seeds[i - 1]])) for i, r in enumerate(self._req) if i > 0]
-        self._upload_leader(meta, ring, seeds, ctx, deadline)
-        for i, r, rid in rids:
-            r.wait(rid, deadline, f"party {i}")
+        helpers = [self._req.send(i, MsgType.REPORT, meta, [seeds[i - 1]]) for i in range(1, len(self._req))]
+        self._upload_leader(meta, ring, seeds, ctx, deadline, spec.ring_bits)
+        self._req.collect(helpers, deadline)
         return report_id.hex()
 
     def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
-                       deadline: float) -> None:
+                       deadline: float, bits: int) -> None:
         """Send the leader its share chunk by chunk (computed chunk by chunk), a few chunks in flight."""
         req = self._req[0]
-        go = req.wait(req.send(MsgType.REPORT_BEGIN, {**meta, "deadline": time.time() + deadline - time.monotonic()}),
+        go = req.wait(req.send(MsgType.REPORT_BEGIN, request(MsgType.REPORT_BEGIN, **meta,
+                                                         deadline=time.time() + deadline - time.monotonic())),
                       deadline, "party 0")
         chunk = go.meta.get("chunk")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0 or chunk % 2:
@@ -222,9 +229,13 @@ class SecureAggClient:
         pending: collections.deque[str] = collections.deque()
         for start in range(0, ring.size, chunk):
             part = ring[start:start + chunk]
-            leader_share(part, seeds, ctx, start=start, out=part)  # in place: the ring is not needed again
-            pending.append(req.send(MsgType.REPORT_CHUNK, {"report_id": meta["report_id"], "offset": start},
-                                    [part.data]))
+            if bits == 64:
+                leader_share(part, seeds, ctx, start=start, out=part)  # in place: the ring is not needed again
+                payload = part.data
+            else:
+                payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1).data
+            head = request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
+            pending.append(req.send(MsgType.REPORT_CHUNK, head, [payload]))
             if len(pending) >= UPLOAD_WINDOW:
                 req.wait(pending.popleft(), deadline, "party 0")
         while pending:
@@ -253,12 +264,18 @@ class SecureAggClient:
         return event
 
     @staticmethod
-    def _noised(x: np.ndarray, event: SkellamRound, *, clipped: bool) -> np.ndarray:
-        """Scale, randomly round (conditioned on the norm bound) and add this client's Skellam share."""
+    def _noised(x: np.ndarray, event: SkellamRound, *, clipped: bool, limit: int | None = None) -> np.ndarray:
+        """Scale, randomly round (conditioned on the norm bound) and add this client's Skellam share;
+        ``limit``: a 32-bit round's bound on |value| (RoundSpec.report_bound)."""
         rng = csprng()
         bound = rounded_norm_bound(event.clip_norm * event.scale, event.dim) if clipped else math.inf
         ints = randomized_round(x * event.scale, bound, rng)
         ints += skellam_noise(event.client_variance, x.size, rng)
-        if ints.size and int(np.max(np.abs(ints))) >= 2 ** (63 - HEADROOM_BITS):
+        peak = int(np.max(np.abs(ints))) if ints.size else 0
+        if peak >= 2 ** (63 - HEADROOM_BITS):
             raise RangeError("noised update would wrap the ring: lower frac_bits")
+        if limit is not None and peak > limit:
+            raise RangeError(f"noised update exceeds {limit} ring units, the bound this round's 32-bit ring "
+                             "was sized for: clip the update")
         return ints
+

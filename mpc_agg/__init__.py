@@ -1,6 +1,6 @@
 """mpc-agg: secure aggregation of federated-learning updates among non-colluding parties.
 
-Pure layers: ``fixedpoint`` (ring encoding) → ``sharing`` (additive shares with
+Pure layers: ``fixedpoint`` and ``ring`` (ring encoding, 64- or 32-bit) → ``sharing`` (additive shares with
 AES-CTR seed expansion) → ``wire`` (versioned binary format) → ``transport``
 (CURVE ZeroMQ) → ``crypten_glue`` (CrypTen communicator and dealer provider).
 Role processes live in ``parties``; the client API in ``fl_client``.
@@ -22,6 +22,7 @@ from .errors import (
     NoiseRangeError,
     RangeError,
     RefusedError,
+    RingSizeError,
     RoundStateError,
     SpecMismatchError,
     TrustError,
@@ -61,5 +62,6 @@ __all__ = [
     "BudgetExceededError",
     "NoiseFloorError",
     "NoiseRangeError",
+    "RingSizeError",
     "TrustError",
 ]

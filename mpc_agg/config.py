@@ -73,57 +73,35 @@ class Deployment:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Deployment":
+        """Read and check ``path``; every problem is a ConfigError that names the file."""
         p = Path(path)
+        raw, base = _read_toml(p), p.parent
         try:
-            raw = tomllib.loads(p.read_text("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"deployment file {p} not found (create one with `mpc-agg keygen`)") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{p} is a directory; give the deployment file, e.g. {p / 'deployment.toml'}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read deployment file {p}: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-        base = p.parent
-
-        def keyfile(v: Any) -> Path | None:
-            return None if v in (None, "") else (base / str(v))
-
-        try:
-            parties = tuple(
-                PartyConfig(
-                    id=int(s["id"]),
-                    client_endpoint=str(s["client_endpoint"]),
-                    peer_endpoint=str(s["peer_endpoint"]),
-                    public_key=_check_key(str(s["public_key"])),
-                    private_key_file=keyfile(s.get("private_key_file")),
-                    min_clients=int(s.get("min_clients", 3)),
-                    state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
-                    allow_verify_norm=_flag(s.get("allow_verify_norm", False), "allow_verify_norm"),
-                    max_reports=int(s.get("max_reports", MAX_REPORTS_PER_ROUND)),
-                )
-                for s in raw["parties"]
-            )
-            clients = tuple(
-                ClientConfig(
-                    id=str(c["id"]),
-                    public_key=_check_key(str(c["public_key"])),
-                    private_key_file=keyfile(c.get("private_key_file")),
-                    min_noise_multiplier=float(c.get("min_noise_multiplier", 0.0)),
-                    max_epsilon=None if c.get("max_epsilon") is None else float(c["max_epsilon"]),
-                    delta=float(c.get("delta", 1e-5)),
-                    min_colluders=None if c.get("min_colluders") is None else int(c["min_colluders"]),
-                    ledger_path=base / str(c.get("ledger_path", f"state/client-{c['id']}/privacy-ledger.json")),
-                )
-                for c in raw.get("clients", [])
-            )
+            parties = tuple(_party_entry(s, base) for s in raw["parties"])
+            clients = tuple(_client_entry(c, base) for c in raw.get("clients", []))
             coord = raw["coordinator"]
             dealer = raw.get("dealer")
+            dep = cls(
+                path=p,
+                parties=tuple(sorted(parties, key=lambda x: x.id)),
+                clients=clients,
+                coordinator_public_key=_check_key(str(coord["public_key"])),
+                coordinator_private_key_file=_keyfile(base, coord.get("private_key_file")),
+                dealer_endpoint=None if dealer is None else str(dealer["endpoint"]),
+                dealer_public_key=None if dealer is None else _check_key(str(dealer["public_key"])),
+                dealer_private_key_file=None if dealer is None else _keyfile(base, dealer.get("private_key_file")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{p}: missing or invalid field: {exc}") from None
+        dep._check()
+        dep._client_by_key.update({c.public_key: c.id for c in clients})
+        return dep
+
+    def _check(self) -> None:
+        p, parties, clients = self.path, self.parties, self.clients
         if len(parties) < 2:
             raise ConfigError(f"{p}: at least 2 parties are needed, found {len(parties)}")
-        if sorted(x.id for x in parties) != list(range(len(parties))):
+        if [x.id for x in parties] != list(range(len(parties))):
             raise ConfigError(f"{p}: party ids must be 0..{len(parties) - 1}")
         if any(x.min_clients < 1 for x in parties):
             raise ConfigError(f"{p}: min_clients must be >= 1")
@@ -133,21 +111,9 @@ class Deployment:
             raise ConfigError(f"{p}: a client's min_colluders must be >= 2 (or absent: all parties)")
         if len({c.id for c in clients}) != len(clients):
             raise ConfigError(f"{p}: duplicate client ids")
-        dep = cls(
-            path=p,
-            parties=tuple(sorted(parties, key=lambda x: x.id)),
-            clients=clients,
-            coordinator_public_key=_check_key(str(coord["public_key"])),
-            coordinator_private_key_file=keyfile(coord.get("private_key_file")),
-            dealer_endpoint=None if dealer is None else str(dealer["endpoint"]),
-            dealer_public_key=None if dealer is None else _check_key(str(dealer["public_key"])),
-            dealer_private_key_file=None if dealer is None else keyfile(dealer.get("private_key_file")),
-        )
-        dep._client_by_key.update({c.public_key: c.id for c in clients})
-        all_keys = [x.public_key for x in parties] + [c.public_key for c in clients] + [dep.coordinator_public_key]
+        all_keys = [x.public_key for x in parties] + [c.public_key for c in clients] + [self.coordinator_public_key]
         if len(set(all_keys)) != len(all_keys):
             raise ConfigError(f"{p}: a public key is used by two roles")
-        return dep
 
     def party(self, party_id: int) -> PartyConfig:
         for x in self.parties:
@@ -239,6 +205,75 @@ def _clear_deployment(out: Path, force: bool) -> None:
             p.unlink()
 
 
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(p.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"deployment file {p} not found (create one with `mpc-agg keygen`)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p} is a directory; give the deployment file, e.g. {p / 'deployment.toml'}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read deployment file {p}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def _keyfile(base: Path, v: Any) -> Path | None:
+    return None if v in (None, "") else (base / str(v))
+
+
+def _party_entry(s: dict[str, Any], base: Path) -> PartyConfig:
+    return PartyConfig(
+        id=int(s["id"]),
+        client_endpoint=str(s["client_endpoint"]),
+        peer_endpoint=str(s["peer_endpoint"]),
+        public_key=_check_key(str(s["public_key"])),
+        private_key_file=_keyfile(base, s.get("private_key_file")),
+        min_clients=int(s.get("min_clients", 3)),
+        state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
+        allow_verify_norm=_flag(s.get("allow_verify_norm", False), "allow_verify_norm"),
+        max_reports=int(s.get("max_reports", MAX_REPORTS_PER_ROUND)),
+    )
+
+
+def _client_entry(c: dict[str, Any], base: Path) -> ClientConfig:
+    return ClientConfig(
+        id=str(c["id"]),
+        public_key=_check_key(str(c["public_key"])),
+        private_key_file=_keyfile(base, c.get("private_key_file")),
+        min_noise_multiplier=float(c.get("min_noise_multiplier", 0.0)),
+        max_epsilon=None if c.get("max_epsilon") is None else float(c["max_epsilon"]),
+        delta=float(c.get("delta", 1e-5)),
+        min_colluders=None if c.get("min_colluders") is None else int(c["min_colluders"]),
+        ledger_path=base / str(c.get("ledger_path", f"state/client-{c['id']}/privacy-ledger.json")),
+    )
+
+def _check_counts(parties: int, clients: int, min_clients: int, hosts: Sequence[str] | None) -> list[str]:
+    """generate_deployment's argument checks; returns one host per party."""
+    if parties < 2:
+        raise ConfigError("at least 2 parties are needed")
+    if clients < 0 or min_clients < 1:
+        raise ConfigError("clients must be >= 0 and min_clients >= 1")
+    if 0 < clients < min_clients:
+        raise ConfigError(f"{clients} clients can never reach a cohort floor of {min_clients} "
+                          "(--min-clients must be <= --clients)")
+    out = list(hosts) if hosts else ["127.0.0.1"] * parties
+    if len(out) != parties:
+        raise ConfigError(f"{len(out)} hosts given for {parties} parties")
+    return out
+
+
+def _new_key(path: Path) -> str:
+    """A fresh CURVE key pair: the secret written to ``path`` (0600), the public key returned."""
+    public, secret = zmq.curve_keypair()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.decode("ascii") + "\n")
+    os.chmod(path, 0o600)
+    return public.decode("ascii")
+
+
 def generate_deployment(
     out_dir: str | os.PathLike[str],
     *,
@@ -257,16 +292,7 @@ def generate_deployment(
     An existing deployment in ``out_dir`` is refused (ConfigError) unless ``force``; then the
     files an earlier keygen wrote there (deployment.toml, role keys, party state) are deleted
     first, so no stale round state outlives its keys.  Nothing else in ``out_dir`` is touched."""
-    if parties < 2:
-        raise ConfigError("at least 2 parties are needed")
-    if clients < 0 or min_clients < 1:
-        raise ConfigError("clients must be >= 0 and min_clients >= 1")
-    if 0 < clients < min_clients:
-        raise ConfigError(f"{clients} clients can never reach a cohort floor of {min_clients} "
-                          "(--min-clients must be <= --clients)")
-    hosts = list(hosts) if hosts else ["127.0.0.1"] * parties
-    if len(hosts) != parties:
-        raise ConfigError(f"{len(hosts)} hosts given for {parties} parties")
+    hosts = _check_counts(parties, clients, min_clients, hosts)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory")
@@ -278,13 +304,7 @@ def generate_deployment(
     ports = free_ports(nports) if base_port is None else list(range(base_port, base_port + nports))
 
     def new_key(name: str) -> str:
-        public, secret = zmq.curve_keypair()
-        kp = keys / f"{name}.key"
-        fd = os.open(kp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.decode("ascii") + "\n")
-        os.chmod(kp, 0o600)
-        return public.decode("ascii")
+        return _new_key(keys / f"{name}.key")
 
     lines = ["# mpc-agg deployment (generated by `mpc-agg keygen`)", "version = 1", ""]
     lines += ["[coordinator]", f"public_key = {_toml_str(new_key('coordinator'))}",

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from .errors import AggregationTimeout, CommunicatorError, WireError
-from .sharing import SEED_BYTES, ShareContext, expand_seed
+from .messages import request
+from .sharing import SEED_BYTES, ShareContext, expand_seed, leader_share, new_seeds, xor_leader_share
 from .tensor_codec import obj_encode, payload_to_tensor
 from .transport import Requester
 from .wire import MsgType
 
 __all__ = ["DealerProvider", "RefusingProvider", "DEALER_FUNCTIONS", "DEALER_OPS", "expand_dealer_seed",
-           "random_ring"]
+           "random_ring", "split_dealer_value"]
 
 DEALER_FUNCTIONS = ("additive", "square", "binary", "wraps", "B2A")
 DEALER_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
@@ -69,7 +70,7 @@ class DealerProvider:
 
     def _request(self, fn: str, **params: Any) -> list[torch.Tensor]:
         self.seq += 1
-        meta = {"session": self.session, "seq": self.seq, "fn": fn, "params": obj_encode(params)}
+        meta = request(MsgType.DEALER_REQUEST, session=self.session, seq=self.seq, fn=fn, params=obj_encode(params))
         timeout = self.timeout_s
         if self.deadline is not None:
             timeout = max(0.1, min(timeout, self.deadline - time.monotonic() - self.REPLY_MARGIN_S))
@@ -145,3 +146,15 @@ def expand_dealer_seed(seed: bytes, shape: list[int], party: int, bits: int = 64
 def random_ring(shape: list[int]) -> torch.Tensor:
     """Uniform int64 ring elements: AES-CTR keystream under a fresh ``os.urandom`` seed."""
     return expand_dealer_seed(os.urandom(SEED_BYTES), shape, 0)
+
+
+def split_dealer_value(x: torch.Tensor, parties: int, *,
+                       xor_bits: int | None = None) -> tuple[torch.Tensor, list[bytes]]:
+    """Share a dealer value among ``parties``: (party 0's share, a fresh seed for each of parties 1..k-1), where
+    party j's share is ``expand_dealer_seed(seed_j, shape, j, bits)``.  Additive mod 2**64
+    (``mpc_agg.sharing.leader_share``), or XOR of the low ``xor_bits`` bits (``xor_leader_share``)."""
+    seeds = new_seeds(parties)
+    flat = x.reshape(-1).contiguous().numpy()
+    first = (leader_share(flat, seeds, _DEALER_CTX) if xor_bits is None
+             else xor_leader_share(flat, seeds, _DEALER_CTX, bits=xor_bits))
+    return torch.from_numpy(first.reshape(tuple(x.shape))), seeds

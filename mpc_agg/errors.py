@@ -25,6 +25,7 @@ __all__ = [
     "BudgetExceededError",
     "NoiseFloorError",
     "NoiseRangeError",
+    "RingSizeError",
     "TrustError",
     "error_from_code",
 ]
@@ -126,6 +127,12 @@ class NoiseRangeError(ConfigError):
     code = "noise_range"
 
 
+class RingSizeError(ConfigError):
+    """A round's bounds do not fit the ring its spec states (mpc_agg.ring: 32-bit rounds)."""
+
+    code = "ring_size"
+
+
 class TrustError(RefusedError):
     """A round weakens who must collude beyond what this party or client consented to (mpc_agg.trust)."""
 
@@ -151,7 +158,7 @@ _BY_CODE = {
         RefusedError, SpecMismatchError, UnknownClientError, DuplicateReportError,
         RoundStateError, CohortTooSmallError, AlreadyRevealedError,
         AggregationTimeout, CommunicatorError, BudgetExceededError, NoiseFloorError,
-        NoiseRangeError, TrustError,
+        NoiseRangeError, RingSizeError, TrustError,
     )
 }
 

@@ -10,6 +10,8 @@ may hold one more upload in flight, so a sum has at most 2**HEADROOM_BITS terms)
 
 Decoding is our own (CrypTen 0.4.1's ``FixedPointEncoder.decode`` divides negative
 values by 2**16 - 1 and mis-decodes some of them; tests/test_fixedpoint.py shows it): the signed int64 divided by ``2**frac_bits``.
+:func:`decode_average` is the one decoder of a revealed round (the coordinator's): in a
+32-bit round (mpc_agg.ring) the update coordinates are reduced mod 2**32 first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .errors import EncodingError, RangeError
+from . import ring as _ring
+from .errors import EncodingError, RangeError, RefusedError
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
@@ -26,6 +29,7 @@ __all__ = [
     "max_abs_value",
     "encode",
     "decode",
+    "decode_average",
 ]
 
 DEFAULT_FRAC_BITS = 24
@@ -55,11 +59,12 @@ _BLOCK = 1 << 16  # values per pass: the float temporaries stay in cache
 
 
 def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
-           out: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int64]:
+           out: npt.NDArray[np.int64] | None = None, bound: int | None = None) -> npt.NDArray[np.int64]:
     """Encode ``scale * values`` as int64 ring elements (round to nearest, range-checked).
 
     Works block by block into ``out`` (allocated if None), so a large vector costs one
-    int64 output and no full-size float temporaries."""
+    int64 output and no full-size float temporaries.  ``bound``: a tighter limit on
+    |encoded value| (a 32-bit round's per-report bound, RoundSpec.report_bound)."""
     _check_frac_bits(frac_bits)
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     if out is None:
@@ -67,7 +72,8 @@ def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
     elif out.shape != x.shape or out.dtype != np.int64:
         raise EncodingError("out must be an int64 vector of the same length")
     factor = float(scale) * 2.0**frac_bits
-    limit = float(2 ** (63 - HEADROOM_BITS))
+    hard = float(2 ** (63 - HEADROOM_BITS))
+    limit = hard if bound is None else min(hard, float(bound) + 1)  # rounded values are integers
     buf = np.empty(min(_BLOCK, x.size))
     for start in range(0, x.size, _BLOCK):
         b = buf[: min(_BLOCK, x.size - start)]
@@ -77,10 +83,10 @@ def encode(values: npt.ArrayLike, frac_bits: int, *, scale: float = 1.0,
         if not (np.isfinite(hi) and np.isfinite(lo)):
             raise EncodingError("cannot encode NaN or infinite values")
         if not (hi < limit and lo > -limit):
-            raise RangeError(
-                f"|value| {max(abs(hi), abs(lo)) / 2**frac_bits:.6g} >= {max_abs_value(frac_bits):.6g}: it would "
-                f"wrap the ring with frac_bits={frac_bits}; lower frac_bits or clip the update"
-            )
+            what = (f"the ring with frac_bits={frac_bits}" if limit == hard else
+                    f"this round's 32-bit ring (|value| <= {(limit - 1) / 2**frac_bits:.6g} per report)")
+            raise RangeError(f"|value| {max(abs(hi), abs(lo)) / 2**frac_bits:.6g} would wrap {what}; "
+                             "lower frac_bits or clip the update")
         out[start:start + b.size] = b
     return out
 
@@ -92,3 +98,22 @@ def decode(ring: npt.ArrayLike, frac_bits: int) -> npt.NDArray[np.float64]:
     if r.dtype != np.int64:
         raise EncodingError(f"ring elements must be int64, got {r.dtype}")
     return np.ldexp(r.astype(np.float64), -frac_bits)
+
+
+def decode_average(ring: npt.NDArray[np.int64], frac_bits: int, *,
+                   ring_bits: int = 64) -> tuple[npt.NDArray[np.float64], float]:
+    """A revealed round's (average, total weight) from the sum of the parties' shares.
+
+    ``ring`` holds the summed update coordinates (mod 2**ring_bits) then the summed weight
+    (mod 2**64); the average is their decoded values divided by the decoded weight (a fresh
+    float64 vector).  RefusedError when the total weight is not positive."""
+    _check_frac_bits(frac_bits)
+    if ring.dtype != np.int64 or ring.ndim != 1 or ring.size < 1:
+        raise EncodingError("a revealed sum is a 1-D int64 vector: the coordinates, then the weight")
+    weight = float(decode(ring[-1:], frac_bits)[0])
+    if not weight > 0:
+        raise RefusedError(f"revealed total weight {weight} is not positive")
+    avg = _ring.reduce(ring[:-1], ring_bits).astype(np.float64)
+    avg *= 2.0 ** -frac_bits  # exact: a power of two
+    avg /= weight
+    return avg, weight

@@ -1,9 +1,10 @@
 """A request/reply server on one CURVE ROUTER socket: the shape every role process shares.
 
-Subclasses map message types to handlers ``(identity, message) -> (type, meta,
-payloads)``, or None for a request they answer later with :meth:`Service.answer`;
-a handler's typed error becomes an ERROR reply with its code, a malformed frame a
-``wire`` ERROR, and the process keeps serving either way.
+Subclasses map message types to handlers ``(request) -> (type, meta, payloads)``,
+or None for a request they answer later: the :class:`Request` carries an explicit
+:class:`ReplyTo` token that :meth:`Service.send_reply` takes (docs/PROTOCOL.md,
+"Deferred replies").  A handler's typed error becomes an ERROR reply with its
+code, a malformed frame a ``wire`` ERROR, and the process keeps serving either way.
 ``stop()`` (e.g. from SIGTERM) drains queued requests, then ends ``serve()``.
 An optional ``validate`` hook (a party's request schemas, mpc_agg.messages) runs
 before the handler.  No exception raised while one message is handled ends the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import zmq
@@ -24,10 +26,35 @@ from .logs import event
 from .transport import SecureContext, recv_authenticated
 from .wire import Message, MsgType, encode_message, require
 
-__all__ = ["Service", "Reply", "reporting_client"]
+__all__ = ["Service", "Reply", "ReplyTo", "Request", "dispatch", "new_counters", "reporting_client"]
 
 Reply = tuple[MsgType, dict[str, Any], Sequence[Any]]
-Handler = Callable[[str, Message], "Reply | None"]
+
+
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where the answer to one request goes: the sender's routing id and its request id (echoed)."""
+
+    routing_id: bytes
+    rid: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One authenticated request: who sent it (``client:ID``, ``coordinator``, ``party:N``), what, and
+    the token its answer is sent to, now (the handler returns a Reply) or later (send_reply)."""
+
+    identity: str
+    msg: Message
+    reply_to: ReplyTo
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.msg.meta
+
+
+Handler = Callable[[Request], "Reply | None"]
+log = logging.getLogger("mpc_agg.service")
 
 
 def _peak_rss_bytes() -> int:
@@ -45,6 +72,33 @@ def reporting_client(identity: str, meta: dict[str, Any]) -> str:
     return client
 
 
+def dispatch(handlers: dict[MsgType, Handler], req: Request, *, validate: Callable[[str, Message], None] | None,
+             counters: dict[str, int], name: str) -> Reply | MpcAggError | None:
+    """One request through ``validate`` and its handler: the reply, the typed error to send instead,
+    or None (answered later).  Any other exception is logged, counted and becomes an internal error."""
+    handler = handlers.get(req.msg.type)
+    try:
+        if handler is None:
+            raise WireError(f"message type {req.msg.type.name} is not served here")
+        if validate is not None:
+            validate(req.identity, req.msg)
+        return handler(req)
+    except MpcAggError as exc:
+        counters["refused"] += 1
+        event(log, "refused", service=name, identity=req.identity, type=req.msg.type.name,
+              code=exc.code, reason=exc)
+        return exc.with_traceback(None)  # no frame (holding the request's payloads) outlives the reply
+    except Exception as exc:  # a bug or a library failure must not take the service down
+        counters["internal_errors"] += 1
+        event(log, "internal_error", logging.ERROR, exc_info=True, service=name, identity=req.identity,
+              type=req.msg.type.name)
+        return MpcAggError(f"{name}: internal error ({type(exc).__name__}); see its log")
+
+
+def new_counters() -> dict[str, int]:
+    return {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
+
+
 class Service:
     """Serve ``handlers`` on ``sock`` until stopped; closes ``sctx`` at the end.
 
@@ -54,7 +108,7 @@ class Service:
     ``health_interval_s`` the service logs one ``event=health`` line.
     """
 
-    log = logging.getLogger("mpc_agg.service")
+    log = log
     drain_s = 10.0
     drain_idle_s = 0.2
     health_interval_s = 60.0
@@ -64,9 +118,8 @@ class Service:
         self.sctx, self.sock, self.handlers, self.name = sctx, sock, handlers, name
         self.validate = validate
         self._stop = False
-        self._routing_id = b""
         self.started = time.monotonic()
-        self.counters = {"handled": 0, "refused": 0, "bad_frames": 0, "internal_errors": 0}
+        self.counters = new_counters()
 
     def stop(self, *_: Any) -> None:
         self._stop = True
@@ -122,58 +175,27 @@ class Service:
             self.counters["bad_frames"] += 1
             event(self.log, "bad_frame", logging.WARNING, service=self.name,
                   identity=getattr(exc, "identity", "unknown"), error=exc)
-            self.reply_error(getattr(exc, "routing_id", None), None, exc)
+            routing_id = getattr(exc, "routing_id", None)
+            self.send_reply(None if routing_id is None else ReplyTo(routing_id, None), exc)
             return
-        handler = self.handlers.get(msg.type)
+        rid = msg.meta.get("rid")  # echoed only when it is a short string
+        self.serve_request(Request(identity, msg, ReplyTo(routing_id, rid if isinstance(rid, str) and len(rid) <= 64
+                                                          else None)))
 
-        def work() -> Reply | None:
-            if handler is None:
-                return self._no_handler(msg)
-            if self.validate is not None:
-                self.validate(identity, msg)
-            return handler(identity, msg)
-        self.answer(routing_id, identity, msg, work)
+    def serve_request(self, req: Request) -> None:
+        """Validate and handle one request, then send its reply or typed error (None: answered later)."""
+        answer = dispatch(self.handlers, req, validate=self.validate, counters=self.counters, name=self.name)
+        if answer is not None:
+            self.send_reply(req.reply_to, answer)
 
-    @staticmethod
-    def _no_handler(msg: Message) -> Reply:
-        raise WireError(f"message type {msg.type.name} is not served here")
-
-    def answer(self, routing_id: bytes, identity: str, msg: Message, work: Callable[[], Reply | None]) -> None:
-        """Run ``work`` for a request and send its reply, or its typed error; None means 'answered later'.
-
-        While ``work`` runs, ``self._routing_id`` is the request's (handlers that defer keep it)."""
-        outer, self._routing_id = self._routing_id, routing_id
-        try:
-            result = work()
-        except MpcAggError as exc:
-            self.counters["refused"] += 1
-            event(self.log, "refused", service=self.name, identity=identity, type=msg.type.name, code=exc.code,
-                  reason=exc)
-            self.reply_error(routing_id, self._rid(msg), exc)
+    def send_reply(self, to: ReplyTo | None, answer: Reply | MpcAggError) -> None:
+        """Send ``answer`` (a reply, or a typed error as an ERROR message) to a request's token."""
+        if to is None:
             return
-        except Exception as exc:  # a bug or a library failure must not take the service down
-            self.counters["internal_errors"] += 1
-            event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name, identity=identity,
-                  type=msg.type.name)
-            self.reply_error(routing_id, self._rid(msg),
-                             MpcAggError(f"{self.name}: internal error ({type(exc).__name__}); see its log"))
-            return
-        finally:
-            self._routing_id = outer
-        if result is not None:
+        if isinstance(answer, MpcAggError):
+            mtype, meta, payloads = MsgType.ERROR, {"code": answer.code, "message": str(answer)}, ()
+        else:
             self.counters["handled"] += 1
-            mtype, meta, payloads = result
-            self.reply(routing_id, mtype, {**meta, "rid": self._rid(msg)}, payloads)
-
-    @staticmethod
-    def _rid(msg: Message) -> str | None:
-        """The request id to echo: only a short string (anything else is not repeated back)."""
-        rid = msg.meta.get("rid")
-        return rid if isinstance(rid, str) and len(rid) <= 64 else None
-
-    def reply(self, routing_id: bytes, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> None:
-        self.sock.send_multipart([routing_id, *encode_message(mtype, meta, payloads)], copy=False)
-
-    def reply_error(self, routing_id: bytes | None, req_id: Any, exc: MpcAggError) -> None:
-        if routing_id is not None:
-            self.reply(routing_id, MsgType.ERROR, {"code": exc.code, "message": str(exc), "rid": req_id})
+            mtype, meta, payloads = answer
+        self.sock.send_multipart([to.routing_id, *encode_message(mtype, {**meta, "rid": to.rid}, payloads)],
+                                 copy=False)

@@ -1,9 +1,11 @@
-"""Additive secret sharing over Z_2^64 with seed-compressed helper shares.
+"""Additive secret sharing over Z_2^64 (or Z_2^32, mpc_agg.ring) with seed-compressed helper shares.
 
 For k parties, helper j = 1..k-1 receives a fresh 32-byte seed from ``os.urandom``;
 its share is the AES-128-CTR keystream under a key derived from that seed with
 HKDF-SHA256 (RFC 5869), domain-separated by protocol version, round, client,
-report id and party index, read as little-endian int64.  The leader (party 0)
+report id and party index, read as little-endian int64 (int32 for the update
+coordinates of a 32-bit round; its weight coordinate ``d`` is keystream int64 element
+``d``, bytes 8d..8d+8, past the 4d bytes of the coordinates, as in a 64-bit round).  The leader (party 0)
 receives ``x - sum(helper shares) mod 2**64``.  Any k-1 shares are uniformly
 distributed and independent of ``x`` (SECURITY.md, "Confidentiality of an update"; the same
 seed-expansion idea as Prio3's helper shares, draft-irtf-cfrg-vdaf §6).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -24,8 +26,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import EncodingError
 from .wire import PROTOCOL_VERSION
 
-__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share", "split",
-           "reconstruct"]
+__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share",
+           "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
 
@@ -55,40 +57,58 @@ _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 
 
-def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int,
-               start: int = 0) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
-    """Yield (element offset, int64 view) chunks of the share keystream from element ``start`` (even);
-    the views are reused between chunks."""
-    if start < 0 or start % 2:
-        raise EncodingError("a keystream slice must start at an even element (AES block boundary)")
+def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int, start: int = 0,
+               bits: int = 64) -> Iterator[tuple[int, npt.NDArray[np.int64] | npt.NDArray[np.int32]]]:
+    """Yield (element offset, view) chunks of the share keystream read as ``bits``-bit little-endian
+    integers, from element ``start``; the views are reused between chunks."""
+    if bits not in (32, 64):
+        raise EncodingError(f"shares are 32- or 64-bit ring elements, not {bits!r}")
+    if start < 0:
+        raise EncodingError("a keystream slice cannot start before element 0")
     if len(seed) != SEED_BYTES:
         raise EncodingError(f"seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if length < 0:
         raise EncodingError("length must be >= 0")
+    item = bits // 8
     key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=ctx.info(party)).derive(seed)
-    enc = Cipher(algorithms.AES(key), modes.CTR((start // 2).to_bytes(16, "big"))).encryptor()
+    first = start * item
+    enc = Cipher(algorithms.AES(key), modes.CTR((first // 16).to_bytes(16, "big"))).encryptor()
+    if first % 16:  # CTR is a stream: consume the start of the block before the slice
+        enc.update(_ZEROS[:first % 16])
     buf = bytearray(_CHUNK + 15)  # update_into needs block_size - 1 spare bytes
     zeros = memoryview(_ZEROS)
-    nbytes = 8 * length
+    nbytes = item * length
     for pos in range(0, nbytes, _CHUNK):
         n = min(_CHUNK, nbytes - pos)
         enc.update_into(zeros[:n], buf)
-        yield pos // 8, np.frombuffer(buf, dtype="<i8", count=n // 8)
+        yield pos // item, np.frombuffer(buf, dtype=f"<i{item}", count=n // item)
 
 
-def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int, *, start: int = 0) -> npt.NDArray[np.int64]:
-    """Expand a helper seed into ring elements ``start .. start+length`` of its share."""
+def expand_seed(seed: bytes, ctx: ShareContext, party: int, length: int, *, start: int = 0,
+                bits: int = 64) -> npt.NDArray[np.int64]:
+    """Expand a helper seed into elements ``start .. start+length`` of its ``bits``-bit keystream,
+    as int64 (32-bit elements sign-extended)."""
     out = np.empty(length, dtype=np.int64)
-    for off, ks in _keystream(seed, ctx, party, length, start):
+    for off, ks in _keystream(seed, ctx, party, length, start, bits):
         out[off:off + ks.size] = ks
     return out
 
 
 def accumulate_seed(total: npt.NDArray[np.int64], seed: bytes, ctx: ShareContext, party: int, *,
-                    start: int = 0, subtract: bool = False) -> None:
-    """``total += share[start:start+len(total)]`` (or ``-=``) for the share a seed expands to, chunk by chunk."""
+                    start: int = 0, subtract: bool = False, bits: int = 64) -> None:
+    """``total += share[start:start+len(total)]`` (or ``-=``) for the share a seed expands to, chunk by chunk.
+
+    ``bits=32`` (a 32-bit round, mpc_agg.ring): ``total`` is a whole report, its update coordinates
+    from the 32-bit keystream and its last (weight) coordinate the 64-bit keystream element at
+    index ``len(total) - 1``, as in a 64-bit round."""
     op = np.subtract if subtract else np.add
-    for off, ks in _keystream(seed, ctx, party, total.size, start):
+    if bits == 32:
+        if start:
+            raise EncodingError("a 32-bit round's share is accumulated whole (start=0)")
+        weight = total[-1:]
+        op(weight, expand_seed(seed, ctx, party, 1, start=total.size - 1), out=weight)
+        total = total[:-1]
+    for off, ks in _keystream(seed, ctx, party, total.size, start, bits):
         view = total[off:off + ks.size]
         op(view, ks, out=view)
 
@@ -101,23 +121,43 @@ def new_seeds(parties: int) -> list[bytes]:
 
 
 def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
-                 start: int = 0, out: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int64]:
+                 start: int = 0, out: npt.NDArray[Any] | None = None, bits: int = 64) -> npt.NDArray[Any]:
     """Elements ``start .. start+len(x)`` of the leader's share, given the same slice of ``x``:
-    ``x - sum_j expand(seed_j)`` mod 2**64, so a vector can be shared chunk by chunk.
-    ``out=x`` shares in place."""
+    ``x - sum_j expand(seed_j)`` mod 2**bits, so a vector can be shared chunk by chunk.
+    ``out=x`` shares in place (64 bits); with ``bits=32`` the share is int32 (``x`` must already
+    be in range: mpc_agg.ring), and a 32-bit round's weight coordinate is shared with ``bits=64``."""
     if x.dtype != np.int64 or x.ndim != 1:
         raise EncodingError("x must be a 1-D int64 vector")
     if not seeds:
         raise EncodingError("secret sharing needs at least 2 parties")
+    dtype = np.int64 if bits == 64 else np.int32
     if out is None:
-        out = np.empty_like(x)
-    streams = [_keystream(seed, ctx, j, x.size, start) for j, seed in enumerate(seeds, start=1)]
+        out = np.empty(x.size, dtype=dtype)
+    elif out.dtype != dtype or out.shape != x.shape:
+        raise EncodingError(f"out must be a {np.dtype(dtype).name} vector of the same length")
+    streams = [_keystream(seed, ctx, j, x.size, start, bits) for j, seed in enumerate(seeds, start=1)]
     for blocks in zip(*streams):  # block by block over all helpers, so each block of out stays in cache
         off, n = blocks[0][0], blocks[0][1].size
-        np.subtract(x[off:off + n], blocks[0][1], out=out[off:off + n])
+        np.subtract(x[off:off + n], blocks[0][1], out=out[off:off + n], casting="unsafe")  # wraps mod 2**bits
         for _, ks in blocks[1:]:
             np.subtract(out[off:off + n], ks, out=out[off:off + n])
     return out
+
+
+def leader_chunk32(part: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *, start: int,
+                   dim: int) -> npt.NDArray[np.uint8]:
+    """Wire bytes of the leader's share of ``part``, values ``start ..`` of a 32-bit round's report of
+    ``dim`` update coordinates (mpc_agg.ring): its coordinates mod 2**32 (int32), then, if ``part``
+    holds it, the weight coordinate mod 2**64 (int64)."""
+    coords = max(0, min(part.size, dim - start))
+    weight = part.size - coords
+    if weight not in (0, 1) or (weight and start + part.size != dim + 1):
+        raise EncodingError(f"values {start}..{start + part.size} are not a slice of a report of {dim + 1}")
+    buf = np.empty(4 * coords + 8 * weight, dtype=np.uint8)
+    leader_share(part[:coords], seeds, ctx, start=start, out=buf[:4 * coords].view(np.int32), bits=32)
+    if weight:  # the 64-bit keystream's element ``dim``, as in a 64-bit round
+        buf[4 * coords:].view(np.int64)[:] = leader_share(part[coords:], seeds, ctx, start=dim)
+    return buf
 
 
 def split(
@@ -136,3 +176,23 @@ def reconstruct(shares: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
     for s in shares[1:]:
         np.add(total, s, out=total)
     return total
+
+
+def xor_leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
+                     bits: int = 64) -> npt.NDArray[np.int64]:
+    """The leader's share of ``x`` under XOR sharing of the low ``bits`` bits: ``x ^ s_1 ^ ... ^ s_{k-1}``, where
+    helper j's share ``s_j`` is ``expand_seed(seed_j, ctx, j, len(x))`` cut to those bits (CrypTen's binary sharing;
+    the dealer's binary triples and B2A bits).  Any k-1 of the shares are uniform on those bits."""
+    if x.dtype != np.int64 or x.ndim != 1:
+        raise EncodingError("x must be a 1-D int64 vector")
+    if not seeds:
+        raise EncodingError("secret sharing needs at least 2 parties")
+    if not 1 <= bits <= 64:
+        raise EncodingError(f"bits must be in 1..64, got {bits}")
+    mask = np.int64(-1) if bits == 64 else np.int64((1 << bits) - 1)
+    out = x.copy()
+    for j, seed in enumerate(seeds, start=1):
+        share = expand_seed(seed, ctx, j, x.size)
+        share &= mask
+        out ^= share
+    return out

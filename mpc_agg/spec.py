@@ -9,19 +9,26 @@ A spec states what a round's privacy rests on: ``parties`` and ``colluders``
 noised rounds, ``min_honest`` (clients assumed to add their noise; mpc_agg.dp).
 Noised rounds must keep each client's noise in the exact sampler's range
 (mpc_agg.noise); ``frac_bits=None`` picks the finest grid that does.
+
+``ring_bits`` is the ring of the update coordinates' shares: 32 when the round's bounds
+fit it (mpc_agg.ring; ``RoundSpec.create`` chooses it), else 64.  A 32-bit spec
+whose bounds do not fit is refused (RingSizeError) wherever it is read.  The JSON
+form omits ``ring_bits`` at 64 and ``max_cohort`` when unset, so specs written
+before these fields existed keep their meaning and their digest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import noise, trust
-from .errors import ConfigError, NoiseRangeError, WireError
-from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS, max_abs_value
+from . import noise, ring, trust
+from .errors import ConfigError, NoiseRangeError, RingSizeError, WireError
+from .fixedpoint import DEFAULT_FRAC_BITS, MAX_FRAC_BITS, MAX_REPORTS_PER_ROUND, max_abs_value
 from .wire import PROTOCOL_VERSION
 
 __all__ = ["RoundSpec"]
@@ -47,6 +54,10 @@ class RoundSpec:
     """clients assumed to add their share of the noise (None: min_clients, resolved on construction)"""
     parties: int | None = None
     """k, the number of parties (set by the coordinator; parties and clients check it)"""
+    max_cohort: int | None = None
+    """most reports a party accepts in this round (None: MAX_REPORTS_PER_ROUND); bounds the sum"""
+    ring_bits: int = 64
+    """ring of the update coordinates' shares: 32 only when the bounds fit (mpc_agg.ring)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or isinstance(self.round_id, bool) or not 0 <= self.round_id < 2**63:
@@ -89,6 +100,53 @@ class RoundSpec:
             if self.clip_norm is None:
                 raise ConfigError("verify_norm needs clip_norm")
             self.norm_bound()
+        if self.max_cohort is not None and not (isinstance(self.max_cohort, int) and not isinstance(
+                self.max_cohort, bool) and self.min_clients <= self.max_cohort <= MAX_REPORTS_PER_ROUND):
+            raise ConfigError(f"max_cohort must be an int in [min_clients, {MAX_REPORTS_PER_ROUND}] or None")
+        if self.ring_bits not in ring.RING_BITS or isinstance(self.ring_bits, bool):
+            raise ConfigError(f"ring_bits must be one of {ring.RING_BITS}, got {self.ring_bits!r}")
+        if self.ring_bits == 32:
+            self._check_ring32()
+
+    def _check_ring32(self) -> None:
+        """RingSizeError unless a cohort's honest sum provably fits Z_2^32 (mpc_agg.ring)."""
+        if self.verify_norm:
+            raise RingSizeError("verify_norm rounds run at 64 bits (the norm check is MPC on 64-bit shares)")
+        bound = self.sum_bound()
+        if not ring.fits(32, bound):
+            if self.clip_norm is None:
+                why = "it has no clip_norm"
+            elif math.isinf(bound):
+                why = "it has no max_weight"
+            else:
+                why = (f"a cohort of up to {self.cohort_limit} reports may sum to |coordinate| {bound:.4g} "
+                       f"ring units >= 2^{31 - ring.RING_HEADROOM_BITS}")
+            raise RingSizeError(f"round {self.round_id} does not fit a 32-bit ring: {why} (clip_norm="
+                                f"{self.clip_norm}, max_weight={self.max_weight}, frac_bits={self.frac_bits}, "
+                                f"noise_multiplier={self.noise_multiplier}); use 64 bits, or lower frac_bits, "
+                                "max_cohort or max_weight")
+
+    @property
+    def cohort_limit(self) -> int:
+        """The most reports a cohort of this round can hold (each party refuses more)."""
+        return MAX_REPORTS_PER_ROUND if self.max_cohort is None else self.max_cohort
+
+    def sum_bound(self, cohort: int | None = None) -> float:
+        """Largest |coordinate| (ring units) of the sum of ``cohort`` (default: the most) honest reports;
+        inf without clip_norm, or without max_weight in un-noised rounds (noised rounds have weight 1)."""
+        weight = 1.0 if self.noise_multiplier > 0 else self.max_weight
+        var = noise.client_variance(self.noise_multiplier, self.clip_norm or 0.0, self.frac_bits, self.noise_clients)
+        return ring.sum_bound(clip_norm=self.clip_norm, frac_bits=self.frac_bits, max_weight=weight,
+                              cohort=self.cohort_limit if cohort is None else cohort, dim=self.dim,
+                              noise_lambda=noise.poisson_lambda(var) if var else 0)
+
+    def report_bound(self) -> int | None:
+        """In 32-bit rounds, the largest |coordinate| (ring units) one honest report has; None at 64 bits."""
+        return None if self.ring_bits == 64 else math.floor(self.sum_bound(1))
+
+    def fits_ring(self, bits: int) -> bool:
+        """Whether this round may run with ``bits``-bit shares."""
+        return bits == 64 or (not self.verify_norm and ring.fits(bits, self.sum_bound()))
 
     def weight_bound(self) -> int:
         """The largest weight coordinate (ring units) a report may carry: max_weight * 2**frac_bits."""
@@ -124,10 +182,14 @@ class RoundSpec:
         max_weight: float | None = None,
         min_honest: int | None = None,
         parties: int | None = None,
+        max_cohort: int | None = None,
+        ring_bits: int | None = None,
     ) -> "RoundSpec":
         """``frac_bits=None``: DEFAULT_FRAC_BITS, or in noised rounds the largest value that keeps
         each client's noise in the exact sampler's range (NoiseRangeError if none does); in verified
-        rounds, the largest such value at which the wraparound tests are sound (mpc_agg.wraptest)."""
+        rounds, the largest such value at which the wraparound tests are sound (mpc_agg.wraptest).
+        ``ring_bits=None``: 32 when the round's bounds fit it (mpc_agg.ring), else 64; 32 when they
+        do not fit raises RingSizeError."""
         candidates = [frac_bits]
         if frac_bits is None and noise_multiplier > 0 and clip_norm is not None:
             honest = min_clients if min_honest is None else min_honest
@@ -148,13 +210,20 @@ class RoundSpec:
                        clip_norm=None if clip_norm is None else float(clip_norm),
                        noise_multiplier=float(noise_multiplier), frac_bits=DEFAULT_FRAC_BITS if f is None else f,
                        verify_norm=bool(verify_norm), max_weight=None if max_weight is None else float(max_weight),
-                       min_honest=min_honest, parties=parties)
+                       min_honest=min_honest, parties=parties, max_cohort=max_cohort)
+        spec = None
         for f in candidates[:-1]:
             try:
-                return make(f)
+                spec = make(f)
+                break
             except ConfigError:  # e.g. the wraparound tests unsound at this grid: try a coarser one
                 continue
-        return make(candidates[-1])
+        spec = spec or make(candidates[-1])
+        if ring_bits == 32 or (ring_bits is None and spec.fits_ring(32)):
+            return dataclasses.replace(spec, ring_bits=32)  # checked again: RingSizeError if it does not fit
+        if ring_bits not in (None, 64):
+            raise ConfigError(f"ring_bits must be 32, 64 or None, got {ring_bits!r}")
+        return spec
 
     @property
     def dim(self) -> int:
@@ -184,6 +253,8 @@ class RoundSpec:
             "min_honest": self.noise_clients,
             "parties": self.parties,
             "colluders": self.colluders,
+            **({} if self.max_cohort is None else {"max_cohort": self.max_cohort}),
+            **({} if self.ring_bits == 64 else {"ring_bits": self.ring_bits}),
         }
 
     @classmethod
@@ -202,10 +273,12 @@ class RoundSpec:
                 max_weight=None if obj.get("max_weight") is None else float(obj["max_weight"]),
                 min_honest=int(obj["min_honest"]),
                 parties=None if obj["parties"] is None else int(obj["parties"]),
+                max_cohort=None if obj.get("max_cohort") is None else int(obj["max_cohort"]),
+                ring_bits=int(obj.get("ring_bits", 64)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed round spec: {exc!r}") from None
-        except NoiseRangeError:
+        except (NoiseRangeError, RingSizeError):
             raise
         except ConfigError as exc:
             raise WireError(f"invalid round spec: {exc}") from None

@@ -17,6 +17,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from .errors import AggregationTimeout, ConfigError, WireError, error_from_code
+from .messages import REPLIES, check_reply
 from .wire import Message, MsgType, decode_message, encode_message
 
 __all__ = ["SecureContext", "Requester", "recv_authenticated", "DEFAULT_MAX_MESSAGE"]
@@ -124,17 +125,26 @@ def recv_authenticated(sock: zmq.Socket, *, max_payload: int | None = None) -> t
 
 
 class Requester:
-    """Request/reply over a DEALER socket with request ids (stale replies dropped)."""
+    """Request/reply over a DEALER socket with request ids (stale replies dropped).
 
-    def __init__(self, sock: zmq.Socket) -> None:
-        self.sock = sock
+    Each reply is checked against the schema of its request's reply (mpc_agg.messages.REPLIES)
+    before the caller sees it, unless ``typed=False`` (the plaintext benchmark's own dialect)."""
+
+    max_outstanding = 1024  # requests remembered for their reply's check; older ones are forgotten
+
+    def __init__(self, sock: zmq.Socket, *, typed: bool = True) -> None:
+        self.sock, self.typed = sock, typed
         self.bytes_sent = 0  # message bytes handed to the socket (before CURVE framing)
+        self._sent: dict[str, MsgType] = {}
 
     def send(self, mtype: MsgType, meta: dict[str, Any], payloads: Sequence[Any] = ()) -> str:
         rid = os.urandom(8).hex()
         frames = encode_message(mtype, {**meta, "rid": rid}, payloads)
         self.sock.send_multipart(frames, copy=False)
         self.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        if len(self._sent) >= self.max_outstanding:
+            del self._sent[next(iter(self._sent))]
+        self._sent[rid] = mtype
         return rid
 
     def wait(self, rid: str, deadline: float, what: str) -> Message:
@@ -152,6 +162,12 @@ class Requester:
                 text = str(msg.meta.get("message"))  # prefixed with who answered, once
                 raise error_from_code(str(msg.meta.get("code")), text if text.startswith(f"{what}:") else
                                       f"{what}: {text}")
+            mtype = self._sent.pop(rid, None)
+            if self.typed and mtype in REPLIES:
+                try:
+                    check_reply(mtype, msg)
+                except WireError as exc:
+                    raise WireError(f"{what}: {exc}") from None
             return msg
 
     def request(

@@ -14,6 +14,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every subcommand and option, one add_argument each (long, and flat on purpose: it reads as the --help)."""
     p = argparse.ArgumentParser(prog="mpc-agg", description="Secure aggregation for federated learning.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -150,7 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     from mpc_agg.fixedpoint import DEFAULT_FRAC_BITS
-    from parties.federated import FedConfig, run_federated
+    from parties.demo.federated import FedConfig, run_federated
 
     cfg = FedConfig(workdir=args.workdir, clients=args.clients, parties=args.parties, rounds=args.rounds,
                     local_steps=args.local_steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,

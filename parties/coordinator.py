@@ -1,9 +1,9 @@
 """The coordinator: opens rounds at every party and receives only shares of the sum.
 
 It is untrusted for privacy: it cannot lower a party's floor, choose the cohort
-or see any share in transit (SECURITY.md, "Roles and what each may learn").  It adds the k sum shares mod 2**64,
-decodes them with mpc_agg.fixedpoint (not CrypTen's decoder) and divides by the
-revealed total weight.
+or see any share in transit (SECURITY.md, "Roles and what each may learn").  It adds the k sum shares
+(mod 2**32 for the update coordinates of a 32-bit round, mpc_agg.ring; else mod 2**64) and
+decodes the average with mpc_agg.fixedpoint.decode_average (not CrypTen's decoder).
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.dp import PrivacyLedger, SkellamRound
-from mpc_agg.errors import AggregationTimeout, MpcAggError, RefusedError, SpecMismatchError, WireError
-from mpc_agg.fixedpoint import decode
+from mpc_agg.errors import RefusedError, SpecMismatchError, WireError
+from mpc_agg.fanout import PartyLinks
+from mpc_agg.fixedpoint import MAX_REPORTS_PER_ROUND, decode_average
+from mpc_agg.ring import add_sum_share
 from mpc_agg.logs import event
+from mpc_agg.messages import request
 from mpc_agg.spec import RoundSpec
-from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import MsgType
 
 __all__ = ["Coordinator", "RoundResult"]
@@ -77,9 +79,10 @@ class Coordinator:
         rounds (BudgetExceededError at ``open_round``) once the next one would exceed it at ``delta``."""
         self.dep = deployment
         self.ledger = PrivacyLedger.open(ledger_path, delta=delta, budget=epsilon_budget)
-        self._secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
+        secret = read_secret_key(deployment.coordinator_private_key_file, "the coordinator")
         self.sctx = SecureContext()
-        self._req = [self._connect(p.id) for p in deployment.parties]
+        self._links = PartyLinks.to_parties(self.sctx, deployment.parties,
+                                            public_key=deployment.coordinator_public_key, secret_key=secret)
         self.specs: dict[int, RoundSpec] = {}
 
     @classmethod
@@ -95,33 +98,6 @@ class Coordinator:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _connect(self, party_id: int) -> Requester:
-        p = self.dep.party(party_id)
-        return Requester(self.sctx.client(zmq.DEALER, p.client_endpoint, public_key=self.dep.coordinator_public_key,
-                                          secret_key=self._secret, server_key=p.public_key))
-
-    def _all(self, mtype: MsgType, meta: dict, timeout_s: float) -> list:
-        """Send one request to every party at once and collect every answer (first error raised)."""
-        deadline = time.monotonic() + timeout_s
-        rids = [r.send(mtype, meta) for r in self._req]
-        answers, errors = [], []
-        for i, (r, rid) in enumerate(zip(self._req, rids)):
-            try:
-                answers.append(r.wait(rid, deadline, f"party {i}"))
-            except AggregationTimeout as exc:
-                # drop the unanswered request with its socket, so a party that comes back
-                # never acts on a stale one (e.g. a CLOSE the coordinator gave up on)
-                r.sock.close(linger=0)
-                self._req[i] = self._connect(i)
-                errors.append(exc)
-                answers.append(None)
-            except MpcAggError as exc:
-                errors.append(exc)
-                answers.append(None)
-        if errors:
-            raise errors[0]
-        return answers
-
     def open_round(
         self,
         round_id: int,
@@ -134,6 +110,8 @@ class Coordinator:
         verify_norm: bool = False,
         max_weight: float | None = None,
         min_honest: int | None = None,
+        max_cohort: int | None = None,
+        ring_bits: int | None = None,
         timeout_s: float = 30.0,
     ) -> RoundSpec:
         """Open ``round_id`` at every party (waits up to ``timeout_s`` for parties still starting);
@@ -145,18 +123,31 @@ class Coordinator:
         not in (0, ``max_weight``] (default: the largest encodable), so the revealed total weight is
         always positive (both need the dealer).  Noised rounds: ``frac_bits=None`` fits the grid to the
         noise (mpc_agg.noise); ``min_honest`` clients are assumed to add their noise (default all).
+        ``max_cohort``: the most reports a party accepts in the round (default: the smallest
+        ``max_reports`` of the deployment's parties).  ``ring_bits=None`` shares the update in
+        Z_2^32 when clip_norm, max_weight (or noise), frac_bits and max_cohort allow, else Z_2^64
+        (mpc_agg.ring); 32 raises RingSizeError when they do not.
         Opening a round again with the same spec is a no-op; a revealed round raises
         AlreadyRevealedError (round ids are never reused)."""
         spec = RoundSpec.create(round_id, shapes, min_clients=min_clients, clip_norm=clip_norm,
                                 noise_multiplier=noise_multiplier, frac_bits=frac_bits, verify_norm=verify_norm,
-                                max_weight=max_weight, min_honest=min_honest, parties=len(self.dep.parties))
+                                max_weight=max_weight, min_honest=min_honest, parties=len(self.dep.parties),
+                                max_cohort=self._max_cohort(min_clients) if max_cohort is None else max_cohort,
+                                ring_bits=ring_bits)
         dp_event = SkellamRound.from_spec(spec)
         if dp_event is not None:
             self.ledger.check(round_id, dp_event)
-        self._all(MsgType.OPEN_ROUND, {"spec": spec.to_json()}, timeout_s)
+        self._links.ask_all(MsgType.OPEN_ROUND, request(MsgType.OPEN_ROUND, spec=spec.to_json()), timeout_s)
         self.specs[round_id] = spec
         event(log, "open", round=round_id, dim=spec.dim)
         return spec
+
+    def _max_cohort(self, min_clients: int) -> int | None:
+        """The smallest max_reports of the parties, at least ``min_clients`` (None: the protocol's limit)."""
+        cap = min(p.max_reports for p in self.dep.parties)
+        if isinstance(min_clients, int) and cap < min_clients:  # (a bad min_clients is the spec's to refuse)
+            cap = min_clients
+        return None if cap >= MAX_REPORTS_PER_ROUND else cap
 
     def close_round(self, round_id: int, *, timeout_s: float = 60.0) -> RoundResult:
         """Ask every party to agree on the cohort and reveal its sum share; return the average.
@@ -167,27 +158,19 @@ class Coordinator:
         spec = self.specs.get(round_id) or self._spec_from_parties(round_id, timeout_s)
         # the parties drop a close request that reaches them after this deadline (their clocks must
         # agree with ours to well under timeout_s, as NTP gives)
-        answers = self._all(MsgType.CLOSE_ROUND, {"round": round_id, "session": os.urandom(8).hex(),
-                                                  "deadline": time.time() + timeout_s}, timeout_s)
+        close = request(MsgType.CLOSE_ROUND, round=round_id, session=os.urandom(8).hex(),
+                        deadline=time.time() + timeout_s)
+        answers = self._links.ask_all(MsgType.CLOSE_ROUND, close, timeout_s)
         cohorts = {tuple(a.meta.get("cohort", ())) for a in answers}
         if len(cohorts) != 1:
             raise RefusedError("parties revealed different cohorts: result discarded")
-        ring = np.zeros(spec.dim + 1, dtype=np.int64)  # the sum of the k shares, mod 2**64, frame by frame
+        ring = np.zeros(spec.dim + 1, dtype=np.int64)  # the sum of the k shares, frame by frame
         for i, a in enumerate(answers):
-            sizes = [p.nbytes for p in a.payloads]
-            if a.type != MsgType.SUM_SHARE or sum(sizes) != ring.nbytes or any(n % 8 for n in sizes):
+            if a.type != MsgType.SUM_SHARE:
                 raise WireError(f"party {i} sent a malformed sum share")
-            off = 0
-            for p in a.payloads:
-                view = ring[off:off + p.nbytes // 8]
-                np.add(view, np.frombuffer(p, dtype="<i8"), out=view)
-                off += view.size
-        weight = float(decode(ring[-1:], spec.frac_bits)[0])
-        if not weight > 0:
-            raise RefusedError(f"revealed total weight {weight} is not positive")
-        avg = ring[:-1].astype(np.float64)  # decode (exact: a power of two), then divide, in place
-        avg *= 2.0 ** -spec.frac_bits
-        avg /= weight
+            add_sum_share(ring, a.payloads, spec.ring_bits, f"party {i}")
+        avg, weight = decode_average(ring, spec.frac_bits, ring_bits=spec.ring_bits)
+        del ring
         out, off = {}, 0
         for name, shape in spec.shapes:
             n = int(np.prod(shape, dtype=np.int64))
@@ -203,7 +186,7 @@ class Coordinator:
                            tuple(_close_stats(a.meta) for a in answers))
 
     def _spec_from_parties(self, round_id: int, timeout_s: float) -> RoundSpec:
-        answers = self._all(MsgType.GET_SPEC, {"round": round_id}, timeout_s)
+        answers = self._links.ask_all(MsgType.GET_SPEC, request(MsgType.GET_SPEC, round=round_id), timeout_s)
         specs = {RoundSpec.from_json(a.meta.get("spec")) for a in answers}
         spec = specs.pop()
         if specs or spec.round_id != round_id:
@@ -213,4 +196,4 @@ class Coordinator:
 
     def status(self, *, timeout_s: float = 10.0) -> list[dict]:
         """Each party's health output (open rounds, report counts, floor)."""
-        return [a.meta for a in self._all(MsgType.STATUS, {}, timeout_s)]
+        return [a.meta for a in self._links.ask_all(MsgType.STATUS, request(MsgType.STATUS), timeout_s)]

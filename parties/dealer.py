@@ -13,7 +13,6 @@ generators and plaintext seed exchange; SECURITY.md, "MPC multiplication").
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -23,18 +22,17 @@ import torch
 import zmq
 
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring
+from mpc_agg.dealer_tuples import DEALER_FUNCTIONS, DEALER_OPS, expand_dealer_seed, random_ring, split_dealer_value
 from mpc_agg.tensor_codec import obj_decode, tensor_to_payload
 from mpc_agg.errors import AuthError, MpcAggError, WireError
-from mpc_agg.service import Service
+from mpc_agg.messages import validate_request
+from mpc_agg.service import ReplyTo, Request, Service
 from mpc_agg.sharing import SEED_BYTES
-from mpc_agg.logs import event
-from mpc_agg.transport import SecureContext, recv_authenticated
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import MsgType, require
 
 __all__ = ["Dealer", "deal"]
 
-log = logging.getLogger("mpc_agg.dealer")
 MAX_PENDING = 4096
 MAX_ELEMENTS = 1 << 26
 
@@ -58,21 +56,11 @@ class Seeded:
 Share = torch.Tensor | Seeded
 
 
-def _additive_shares(x: torch.Tensor, k: int) -> list[Share]:
-    """Party 0 gets x minus the others' shares; parties 1..k-1 get only seeds."""
-    seeded = [Seeded.fresh(list(x.shape)) for _ in range(k - 1)]
-    first = x.clone()
-    for i, s in enumerate(seeded, start=1):
-        first -= s.expand(i)
-    return [first, *seeded]
-
-
-def _xor_shares(x: torch.Tensor, k: int, bits: int = 64) -> list[Share]:
-    seeded = [Seeded.fresh(list(x.shape), bits) for _ in range(k - 1)]
-    first = x.clone()
-    for i, s in enumerate(seeded, start=1):
-        first ^= s.expand(i)
-    return [first, *seeded]
+def _shares(x: torch.Tensor, k: int, *, xor_bits: int | None = None) -> list[Share]:
+    """Party 0 gets its share in full, parties 1..k-1 only seeds: additive mod 2**64, or XOR of the low
+    ``xor_bits`` bits (mpc_agg.dealer_tuples.split_dealer_value)."""
+    first, seeds = split_dealer_value(x, k, xor_bits=xor_bits)
+    return [first, *(Seeded(s, list(x.shape), xor_bits or 64) for s in seeds)]
 
 
 def _encode_share(share: Share) -> tuple[dict[str, Any], bytes]:
@@ -106,23 +94,23 @@ def deal(fn: str, params: dict[str, Any], k: int) -> list[list[Share]]:
             c = getattr(torch, op)(a, b, *args, **kwargs)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise WireError(f"cannot compute {op} for these sizes: {exc}") from None
-        parts = [_additive_shares(a, k), _additive_shares(b, k), _additive_shares(c, k)]
+        parts = [_shares(a, k), _shares(b, k), _shares(c, k)]
     elif fn == "square":
         r = random_ring(_size(params.get("size")))
-        parts = [_additive_shares(r, k), _additive_shares(r * r, k)]
+        parts = [_shares(r, k), _shares(r * r, k)]
     elif fn == "binary":
         a, b = random_ring(_size(params.get("size0"))), random_ring(_size(params.get("size1")))
-        parts = [_xor_shares(a, k), _xor_shares(b, k), _xor_shares(a & b, k)]
+        parts = [_shares(a, k, xor_bits=64), _shares(b, k, xor_bits=64), _shares(a & b, k, xor_bits=64)]
     elif fn == "wraps":
         from crypten.common.util import count_wraps
 
         size = _size(params.get("size"))
         seeded = [Seeded.fresh(size) for _ in range(k)]
         theta = count_wraps([s.expand(i) for i, s in enumerate(seeded)])
-        parts = [seeded, _additive_shares(theta, k)]
+        parts = [seeded, _shares(theta, k)]
     elif fn == "B2A":
         bit = random_ring(_size(params.get("size"))) & 1
-        parts = [_additive_shares(bit, k), _xor_shares(bit, k, bits=1)]
+        parts = [_shares(bit, k), _shares(bit, k, xor_bits=1)]
     else:
         raise WireError(f"unknown dealer function {fn!r}; known: {DEALER_FUNCTIONS}")
     return [[p[i] for p in parts] for i in range(k)]
@@ -144,43 +132,38 @@ class Dealer(Service):
             zmq.ROUTER, deployment.dealer_endpoint, public_key=deployment.dealer_public_key, secret_key=secret,
             domain="dealer", allowed={p.public_key: f"party:{p.id}" for p in deployment.parties},
         )
-        self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[bytes, Any, str]]] = (
+        self.pending: collections.OrderedDict[tuple[str, int], dict[int, tuple[ReplyTo, str]]] = (
             collections.OrderedDict())
-        super().__init__(self.sctx, self.sock, {}, "dealer")
+        super().__init__(self.sctx, self.sock, {MsgType.DEALER_REQUEST: self._on_request}, "dealer",
+                         validate=validate_request)
 
-    def handle_one(self) -> None:
-        """Replies are deferred until every party asked for the same tuple."""
-        try:
-            rid, identity, msg = recv_authenticated(self.sock)
-            if msg.type != MsgType.DEALER_REQUEST or not identity.startswith("party:"):
-                raise AuthError("the dealer only serves tuple requests from parties")
-            party = int(identity.split(":", 1)[1])
-            key = (require(msg.meta, "session", str), require(msg.meta, "seq", int))
-            request = (require(msg.meta, "fn", str), msg.meta.get("params"))
-            canon = repr(request)
-        except MpcAggError as exc:
-            event(log, "bad_request", logging.WARNING, error=exc)
-            return
+    def _on_request(self, req: Request) -> None:
+        """Answered later: a tuple is dealt once every party asked for it (docs/PROTOCOL.md, "Dealer")."""
+        if not req.identity.startswith("party:"):
+            raise AuthError("the dealer only serves tuple requests from parties")
+        party = int(req.identity.split(":", 1)[1])
+        key = (require(req.meta, "session", str), require(req.meta, "seq", int))
+        request = (require(req.meta, "fn", str), req.meta.get("params"))
         slot = self.pending.setdefault(key, {})
-        slot[party] = (rid, msg.meta.get("rid"), canon)
-        while len(self.pending) > MAX_PENDING:
+        slot[party] = (req.reply_to, repr(request))
+        while len(self.pending) > MAX_PENDING:  # oldest first: a party that never asks again
             self.pending.popitem(last=False)
         if len(slot) < self.k:
-            return
+            return None
         del self.pending[key]
-        canons = {c for _, _, c in slot.values()}
         try:
-            if len(canons) != 1:
+            if len({canon for _, canon in slot.values()}) != 1:
                 raise WireError("parties asked for different tuples under the same sequence number")
             fn, params = request
             shares = deal(fn, obj_decode(params) if params is not None else {}, self.k)
         except MpcAggError as exc:
-            for r, req_id, _ in slot.values():
-                self.reply_error(r, req_id, exc)
-            return
-        for p, (r, req_id, _) in slot.items():
+            for to, _ in slot.values():
+                self.send_reply(to, exc)
+            return None
+        for p, (to, _) in slot.items():
             metas, payloads = zip(*(_encode_share(t) for t in shares[p]))
-            self.reply(r, MsgType.DEALER_REPLY, {"rid": req_id, "tensors": list(metas)}, payloads)
+            self.send_reply(to, (MsgType.DEALER_REPLY, {"tensors": list(metas)}, payloads))
+        return None
 
 
 def run_dealer(config: str) -> int:

@@ -31,8 +31,15 @@ def test_overhead_smoke(tmp_path: Path) -> None:
                 "party_peak_rss_bytes", "stages", "params"):
         assert key in res, key
     assert res["secure_round_s"] > 0 and res["plaintext_round_s"] > 0
-    assert res["upload_bytes_per_client"] >= 8 * 1001  # one int64 share vector of d + 1 values
+    assert res["params"]["ring_bits"] == 32  # the stated bounds fit the compact ring
+    assert 4 * 1000 + 8 <= res["upload_bytes_per_client"] < 4 * 1000 + 8 + 1024  # 32-bit shares, 64-bit weight
     assert res["params"]["dim"] == 1000 and res["party_peak_rss_bytes"] > 0
+    # the honest baseline: plaintext clients upload float32 (4·d bytes and a small header), as FedAvg users do
+    assert res["params"]["plaintext_dtype"] == "float32"
+    assert 4 * 1000 < res["plaintext_upload_bytes_per_client"] < 4 * 1000 + 1024
+    # the parties' own close figures, from RoundResult.party_stats (their SUM_SHARE replies)
+    secure = res["stages"]["secure"]
+    assert 0 < secure["close_party_agreement_s"] <= secure["close_s"] and secure["close_peer_bytes"] > 0
 
 
 def test_large_and_client_profile_smoke(tmp_path: Path) -> None:

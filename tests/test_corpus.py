@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_client.corpus import SHIPPED_CORPUS, load_shards
+from fl_client.training.corpus import SHIPPED_CORPUS, load_shards
 from mpc_agg.errors import ConfigError
 
 

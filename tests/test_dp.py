@@ -169,7 +169,7 @@ def test_noise_outside_the_sampler_range_is_refused_by_coordinator_and_parties(d
                                noise_multiplier=1.0).to_json()
         for p in range(3):  # a coordinator that skips its own validation: each party refuses, typed
             with pytest.raises(NoiseRangeError):
-                coord._req[p].request(MsgType.OPEN_ROUND, {"spec": {**raw, "round_id": round_id + 1, "frac_bits": 28}},
+                coord._links[p].request(MsgType.OPEN_ROUND, {"spec": {**raw, "round_id": round_id + 1, "frac_bits": 28}},
                                       timeout_s=20, what=f"party {p}")
 
 

@@ -126,7 +126,7 @@ def test_bad_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(30)
 def test_dp_noise_ratio_is_noise_norm_on_the_average_over_the_clip() -> None:
-    from parties.federated import dp_noise_ratio
+    from parties.demo.federated import dp_noise_ratio
 
     assert dp_noise_ratio(1.0, 10_000, 4) == 25.0  # z·sqrt(d)/n
     assert dp_noise_ratio(2.0, 30_650, 128) == pytest.approx(2 * 30_650**0.5 / 128)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fl_client.model import build_model, load_tokenizer
-from parties.federated import FedConfig, run_federated
+from fl_client.training.model import build_model, load_tokenizer
+from parties.demo.federated import FedConfig, run_federated
 
 pytestmark = pytest.mark.timeout(420)
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_client_refuses_a_spec_that_does_not_match_its_model(dep3, round_id: int
 
     from safetensors.torch import save_file
 
-    from fl_client.worker import WorkerConfig, client_worker
+    from fl_client.training.worker import WorkerConfig, client_worker
     from parties import Coordinator
 
     tok = load_tokenizer("byt5")

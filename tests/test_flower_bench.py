@@ -20,8 +20,9 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
 def test_skip_message_without_flower(tmp_path: Path) -> None:
     """With flwr unimportable (forced) the script exits 0 with the install hint."""
     out_json = tmp_path / "skip.json"
-    code = ("import sys, benchmarks.flower_secagg as m; m.flower_missing = lambda: 'flwr is not importable'; "
-            f"sys.exit(m.main(['--clients', '3', '--dim', '100', '--repeat', '1', '--json', {str(out_json)!r}]))")
+    code = ("import sys, benchmarks.flower_secagg as m; "
+            f"sys.exit(m.main(['--clients', '3', '--dim', '100', '--repeat', '1', '--json', {str(out_json)!r}], "
+            "missing_reason=lambda: 'flwr is not importable'))")
     proc = _run([sys.executable, "-c", code], 120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "skipped" in proc.stdout and "make install" in proc.stdout, proc.stdout

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
-import benchmarks.load as load
-from benchmarks.load import run_load
+from benchmarks.load import one_client, run_load
 from mpc_agg.config import Deployment
 
 CLIENTS = int(os.environ.get("MPC_AGG_LOAD_CLIENTS", "150"))
@@ -32,16 +33,14 @@ def test_every_client_counted_once_with_the_right_average(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_a_failing_client_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = load._one_client
-
-    def flaky(dep: Deployment, client_id: str, *args: object) -> tuple[float, float]:
+def test_a_failing_client_fails_the_run(tmp_path: Path) -> None:
+    def flaky(dep: Deployment, client_id: str, update: npt.NDArray[np.float64], timeout_s: float
+              ) -> tuple[float, float]:
         if client_id == "client-2":
             raise RuntimeError("injected")
-        return real(dep, client_id, *args)  # type: ignore[arg-type]
+        return one_client(dep, client_id, update, timeout_s)
 
-    monkeypatch.setattr(load, "_one_client", flaky)
-    rep = run_load(5, 100, 2, 2, tmp_path, timeout_s=30)
+    rep = run_load(5, 100, 2, 2, tmp_path, timeout_s=30, client=flaky)
     assert not rep["ok"]
     assert rep["failures"] == [{"client": "client-2", "error": "RuntimeError: injected"}]
     assert rep["close_error"] is not None  # the cohort floor is all 5 clients: the parties refuse to reveal

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mpc_agg.errors import WireError
 from mpc_agg.errors import AuthError
-from mpc_agg.messages import CLIENT, MAX_ID_CHARS, REQUESTS, validate_request
+from mpc_agg.messages import CLIENT, COORDINATOR, MAX_ID_CHARS, REQUESTS, validate_request
 from mpc_agg.wire import (HEADER, MAGIC, MAX_DEPTH, MAX_INT_DIGITS, PROTOCOL_VERSION, SMALL_META_BYTES, Message,
                           MsgType, decode_message, encode_message, loads_bounded, meta_limit)
 
@@ -112,13 +112,14 @@ def test_queued_requests_have_a_small_metadata_cap() -> None:
 # --- schemas --------------------------------------------------------------------------------------------
 
 def _who(mtype: MsgType) -> str:
-    return "client:client-0" if CLIENT in REQUESTS[mtype].senders else "coordinator"
+    senders = REQUESTS[mtype].senders
+    return "client:client-0" if CLIENT in senders else "coordinator" if COORDINATOR in senders else "party:1"
 
 
 def _valid(mtype: MsgType) -> Message:
     base: dict[str, Any] = {"rid": "ab" * 8, "round": 7, "client": "client-0", "report_id": "0f" * 16,
                             "spec_digest": "a" * 64, "deadline": 1.7e9, "offset": 0, "session": "s1",
-                            "spec": {"version": 1}}
+                            "spec": {"version": 1}, "seq": 3, "fn": "square", "params": {"__dict__": {}}}
     schema = REQUESTS[mtype]
     meta = {k: base[k] for k in schema.fields}
     return Message(mtype, meta, tuple(b"x" for _ in range(schema.payloads)))

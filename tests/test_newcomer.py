@@ -22,7 +22,7 @@ from mpc_agg.config import Deployment, generate_deployment
 from mpc_agg.errors import AggregationTimeout, AlreadyRevealedError, ConfigError, RoundStateError
 from parties import Coordinator
 from parties.launcher import LocalDeployment
-from parties.workdir import MARKER, check_report_path, claim_workdir, next_model_dir
+from parties.demo.workdir import MARKER, check_report_path, claim_workdir, next_model_dir
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import signal
 import threading
 import time
@@ -11,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import fl_client.client as client_mod
 from fl_client import SecureAggClient
 from mpc_agg.logs import parse
+from mpc_agg.sharing import SEED_BYTES
+from mpc_agg.store import RoundStore
 from parties import Coordinator
 from parties.launcher import LocalDeployment
 
@@ -30,23 +32,18 @@ def wait_for_log(path: Path, needle: str, timeout_s: float) -> None:
     raise AssertionError(f"{needle!r} never appeared in {path}")
 
 
-def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    material: list[bytes] = []
-    real_seeds, real_share = client_mod.new_seeds, client_mod.leader_share
+def held_material(ld: LocalDeployment, round_id: int) -> list[bytes]:
+    """Every seed and share the parties hold for ``round_id``, read back from their stores (mpc_agg.store)."""
+    out = []
+    for p in ld.deployment.parties:
+        store = RoundStore(p.state_dir)
+        for rnd in store.load():
+            if rnd.spec.round_id == round_id:
+                out.extend(store.read_material(rnd.dir, rep) for rep in rnd.reports)
+    return out
 
-    def recording_seeds(*args: Any) -> Any:
-        seeds = real_seeds(*args)
-        material.extend(seeds)
-        return seeds
 
-    def recording_share(*args: Any, **kwargs: Any) -> Any:
-        share = real_share(*args, **kwargs)
-        material.append(share[:8].tobytes())
-        return share
-
-    monkeypatch.setattr(client_mod, "new_seeds", recording_seeds)
-    monkeypatch.setattr(client_mod, "leader_share", recording_share)
+def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path) -> None:
     with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3, dealer=False) as ld:
         with Coordinator.from_config(ld.config) as coord:
             coord.open_round(1, shapes={"w": (50,)}, min_clients=3)
@@ -54,6 +51,7 @@ def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path,
             for i in range(3):
                 with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
                     reports.append(c.submit(1, {"w": np.full(50, 0.1 * (i + 1))}))
+            material = held_material(ld, 1)  # before the close, which deletes it
             res = coord.close_round(1, timeout_s=60)
             health = coord.status()
         codes = ld.stop()
@@ -61,8 +59,11 @@ def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path,
     for h in health:  # `mpc-agg status`: liveness figures next to the rounds
         assert h["rounds"]["1"] == {"reports": 3, "revealed": True}
         assert h["handled"] >= 5 and h["refused"] == 0 and h["peak_rss_bytes"] > 50 << 20 and h["uptime_s"] > 0
-    secrets = [m.hex() for m in material]
-    assert len(secrets) == 3 * 3
+    seeds = [m for m in material if len(m) == SEED_BYTES]  # the helpers' (2 per report)
+    shares = [m for m in material if len(m) != SEED_BYTES]  # the leader's: a ring element per coordinate and weight
+    assert len(seeds) == 6 and len(shares) == 3 and len(set(material)) == 9 and all(len(m) >= 4 * 51 for m in shares)
+    secrets = [s.hex() for s in seeds] + [base64.b64encode(s).decode() for s in seeds]
+    secrets += [m[i:i + 8].hex() for m in shares for i in range(0, len(m) - 7, 8)]  # all of every share
     for i in range(3):
         lines = (ld.log_dir / f"party-{i}.log").read_text().splitlines()
         events = [parse(line) for line in lines if line.strip()]

@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 
 from mpc_agg.errors import EncodingError
-from mpc_agg.sharing import ShareContext, expand_seed, reconstruct, split
+from mpc_agg.sharing import ShareContext, expand_seed, new_seeds, reconstruct, split, xor_leader_share
 
 CTX = ShareContext(round_id=7, client_id="client-0", report_id=bytes(range(16)))
 
@@ -65,7 +65,37 @@ def test_split_validates_input() -> None:
 def test_expansion_slices_match_the_whole() -> None:
     seed = b"\x07" * 32
     whole = expand_seed(seed, CTX, 2, 300_000)
-    for start, n in ((0, 10), (2, 5), (131_072, 1000), (299_990, 10)):
+    for start, n in ((0, 10), (2, 5), (3, 4), (131_072, 1000), (131_075, 9), (299_990, 10)):
         assert np.array_equal(expand_seed(seed, CTX, 2, n, start=start), whole[start:start + n])
     with pytest.raises(EncodingError):
-        expand_seed(seed, CTX, 2, 4, start=3)
+        expand_seed(seed, CTX, 2, 4, start=-1)
+
+
+def test_32_bit_stream_is_the_same_bytes_read_as_int32() -> None:
+    seed = b"\x09" * 32
+    raw = expand_seed(seed, CTX, 1, 50).astype("<i8").tobytes()
+    narrow = expand_seed(seed, CTX, 1, 100, bits=32)
+    assert np.array_equal(narrow, np.frombuffer(raw, dtype="<i4"))
+    for start, n in ((1, 7), (5, 30), (99, 1)):  # any start, not only whole AES blocks
+        assert np.array_equal(expand_seed(seed, CTX, 1, n, start=start, bits=32), narrow[start:start + n])
+
+
+@pytest.mark.parametrize("k,bits", [(2, 64), (3, 64), (3, 1), (4, 7)])
+def test_xor_shares_reconstruct_on_their_bits(k: int, bits: int) -> None:
+    mask = -1 if bits == 64 else (1 << bits) - 1
+    x = np.random.default_rng(1).integers(-(2**62), 2**62, size=1001, dtype=np.int64) & mask
+    seeds = new_seeds(k)
+    leader = xor_leader_share(x, seeds, CTX, bits=bits)
+    helpers = [expand_seed(s, CTX, j, x.size) & mask for j, s in enumerate(seeds, start=1)]
+    total = leader.copy()
+    for h in helpers:
+        total ^= h
+    assert np.array_equal(total, x) and not np.array_equal(leader, x)
+    assert np.array_equal(leader & ~np.int64(mask), np.zeros_like(x))  # no bit above ``bits`` is set
+
+
+def test_xor_share_validates_input() -> None:
+    with pytest.raises(EncodingError):
+        xor_leader_share(np.zeros(3, dtype=np.int64), [], CTX)
+    with pytest.raises(EncodingError):
+        xor_leader_share(np.zeros(3, dtype=np.int64), new_seeds(2), CTX, bits=65)

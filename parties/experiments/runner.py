@@ -21,7 +21,7 @@ import torch
 from fl_client.training import evaluate
 from mpc_agg.errors import ConfigError
 
-from ..federated import ServerOptimizer
+from ..demo.federated import ServerOptimizer
 from ..launcher import LocalDeployment
 from . import attacks
 from .measure import make_row, mean_membership, membership, reference_losses

@@ -23,11 +23,11 @@ from typing import Any, Callable, Protocol
 import torch
 
 from fl_client.client import SecureAggClient
-from fl_client.model import load_trainable, trainable_state
+from fl_client.training.model import load_trainable, trainable_state
 from fl_client.training import evaluate, train_locally
 
 from ..coordinator import Coordinator
-from ..federated import ServerOptimizer
+from ..demo.federated import ServerOptimizer
 from .attacks import touched_rows
 from .workload import Data
 

@@ -1,6 +1,6 @@
 """The data, models and per-example losses shared by every setting of ``mpc-agg experiments``.
 
-Topics come from ``fl_client.corpus.load_topics``: every entry but the last is one client (a seeded random
+Topics come from ``fl_client.training.corpus.load_topics``: every entry but the last is one client (a seeded random
 ``eval_fraction`` of its paragraphs held out), the last entry is the unseen topic (all of it is evaluation data).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_client.corpus import load_topics
-from fl_client.model import build_model, load_tokenizer
+from fl_client.training.corpus import load_topics
+from fl_client.training.model import build_model, load_tokenizer
 from fl_client.training import encode_texts
 from mpc_agg.errors import ConfigError
 

@@ -24,16 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_client.corpus import Shards, load_shards
-from fl_client.model import apply_lora, build_model, check_model_dir, load_tokenizer, load_trainable, trainable_state
 from fl_client.training import encode_texts, evaluate
-from fl_client.worker import WorkerConfig, client_worker
+from fl_client.training.corpus import Shards, load_shards
+from fl_client.training.model import (apply_lora, build_model, check_model_dir, load_tokenizer, load_trainable,
+                                      trainable_state)
+from fl_client.training.worker import WorkerConfig, client_worker
 from mpc_agg import errors
 from mpc_agg.errors import ConfigError, MpcAggError
 from mpc_agg.logs import event
 
-from .coordinator import Coordinator
-from .launcher import LocalDeployment
+from ..coordinator import Coordinator
+from ..launcher import LocalDeployment
 from .workdir import check_report_path, claim_workdir, next_model_dir
 
 __all__ = ["FedConfig", "run_federated", "ServerOptimizer", "dp_noise_ratio"]
@@ -156,7 +157,7 @@ def _max_diff_vs_plaintext(plain_dir: Path, round_id: int, avg: dict[str, torch.
 def run_federated(cfg: FedConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run R secure FedAvg rounds with real party and client processes; returns the report.
 
-    ``cfg.workdir`` must be new, empty or an earlier run's (parties.workdir); the final model goes to
+    ``cfg.workdir`` must be new, empty or an earlier run's (parties.demo.workdir); the final model goes to
     its first free ``global-final*`` directory (``report["model_dir"]``).  ``progress`` prints the
     table, and progress bars too when stdout and stderr are terminals."""
     if cfg.model is not None:
@@ -201,67 +202,25 @@ def _run(cfg: FedConfig, work: Path, scratch: Path, shards: Shards, progress: bo
             f"z·C·sqrt(d)/n = {ratio:,.1f}·C per round against at most C of signal, more than sqrt(rounds) times "
             "that; train far fewer parameters, use many more clients or less noise (README.md, 'What the "
             "experiments show', has a setting that learns)")
-    ctx = mp.get_context("spawn")
     server = ServerOptimizer(cfg.server_opt, cfg.server_lr)
     loss0, ppl0 = evaluate(model, eval_data)
     say(f"round 0 (initial model): eval loss {loss0:.3f}, perplexity {ppl0:,.1f}")
     say(f"{'round':>5} {'train loss':>10} {'eval loss':>9} {'perplexity':>11} {'epsilon':>8} "
         f"{'agg s':>6} {'train s':>7} {'|secure-plain|':>14}")
-    procs, conns = [], []
     with LocalDeployment(work / "deployment", parties=cfg.parties, clients=cfg.clients,
                          min_clients=min(3, cfg.clients), dealer=False) as ld, \
             Coordinator.from_config(ld.config, delta=cfg.delta,
                                     ledger_path=scratch / "privacy-ledger.json") as coord:
+        procs, conns = _start_clients(cfg, ld.config, shards, scratch, plain_dir)
         try:
-            for i in range(cfg.clients):
-                parent, child = ctx.Pipe()
-                wc = WorkerConfig(str(ld.config), f"client-{i}", shards.train[i], str(scratch / "global-init"),
-                                  cfg.tokenizer, cfg.lora_rank if cfg.lora else None, cfg.max_length,
-                                  cfg.local_steps, cfg.batch_size, cfg.lr, cfg.seed * 1000 + i,
-                                  str(plain_dir) if plain_dir else None)
-                p = ctx.Process(target=client_worker, args=(child, wc), name=f"client-{i}", daemon=True)
-                p.start()
-                procs.append(p)
-                conns.append(parent)
-            for c in conns:
-                _expect(c, "ready", 300)
-            rounds_bar = tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round", disable=not bars)
-            for r in rounds_bar:
-                t_round = time.perf_counter()
-                weights_path = scratch / f"global-r{r}.safetensors"
-                from safetensors.torch import save_file
-
-                state = trainable_state(model)
-                save_file({k: v.contiguous() for k, v in state.items()}, str(weights_path))
-                coord.open_round(r, shapes=shapes, min_clients=min(3, cfg.clients), clip_norm=cfg.clip_norm,
-                                 noise_multiplier=cfg.noise_multiplier, frac_bits=cfg.frac_bits)
-                for c in conns:
-                    c.send(("train", r, str(weights_path)))
-                results = []
-                with tqdm(total=cfg.clients, desc=f"round {r} local training", unit="client", leave=False,
-                          disable=not bars) as bar:
-                    for c in conns:
-                        results.append(_expect(c, "done", 600))
-                        bar.update(1)
-                t_close = time.perf_counter()
-                res = coord.close_round(r, timeout_s=120)
-                close_s = time.perf_counter() - t_close
-                diff = _max_diff_vs_plaintext(plain_dir, r, res.average) if plain_dir else None
-                model_state = server.step(state, res.average)
-                load_trainable(model, model_state)
-                eval_loss, ppl = evaluate(model, eval_data)
-                train_s = max(x[2] for x in results)
-                agg_s = max(x[3] for x in results) + close_s
-                row = {"round": r, "train_loss": float(np.mean([x[1] for x in results])), "eval_loss": eval_loss,
-                       "eval_perplexity": ppl, "epsilon": res.epsilon, "delta": res.delta, "agg_seconds": agg_s,
-                       "train_seconds": train_s, "round_seconds": time.perf_counter() - t_round,
-                       "clients": list(res.clients), "max_abs_diff_vs_plaintext": diff}
+            for r in tqdm(range(1, cfg.rounds + 1), desc="rounds", unit="round", disable=not bars):
+                row = _one_round(cfg, r, coord, conns, model, server, shapes, eval_data, scratch, plain_dir, bars)
                 report["rounds"].append(row)
-                eps_s = "-" if res.epsilon is None else f"{res.epsilon:.2f}"
-                diff_s = "-" if diff is None else f"{diff:.2e}"
-                say(f"{r:>5} {row['train_loss']:>10.3f} {eval_loss:>9.3f} {ppl:>11,.1f} {eps_s:>8} "
-                    f"{agg_s:>6.2f} {train_s:>7.2f} {diff_s:>14}")
-                weights_path.unlink()
+                eps_s = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+                diff = row["max_abs_diff_vs_plaintext"]
+                say(f"{r:>5} {row['train_loss']:>10.3f} {row['eval_loss']:>9.3f} {row['eval_perplexity']:>11,.1f} "
+                    f"{eps_s:>8} {row['agg_seconds']:>6.2f} {row['train_seconds']:>7.2f} "
+                    f"{'-' if diff is None else f'{diff:.2e}':>14}")
             for c in conns:
                 c.send(("stop",))
         finally:
@@ -270,6 +229,67 @@ def _run(cfg: FedConfig, work: Path, scratch: Path, shards: Shards, progress: bo
                 if p.is_alive():
                     p.kill()
     report["initial"] = {"eval_loss": loss0, "eval_perplexity": ppl0}
+    _save(cfg, work, model, tok, report, ppl0)
+    return report
+
+
+def _start_clients(cfg: FedConfig, config: Path, shards: Shards, scratch: Path,
+                   plain_dir: Path | None) -> tuple[list[Any], list[Any]]:
+    """One client process per client (spawned), each ready to train: (processes, pipes)."""
+    ctx = mp.get_context("spawn")
+    procs, conns = [], []
+    for i in range(cfg.clients):
+        parent, child = ctx.Pipe()
+        wc = WorkerConfig(str(config), f"client-{i}", shards.train[i], str(scratch / "global-init"),
+                          cfg.tokenizer, cfg.lora_rank if cfg.lora else None, cfg.max_length,
+                          cfg.local_steps, cfg.batch_size, cfg.lr, cfg.seed * 1000 + i,
+                          str(plain_dir) if plain_dir else None)
+        p = ctx.Process(target=client_worker, args=(child, wc), name=f"client-{i}", daemon=True)
+        p.start()
+        procs.append(p)
+        conns.append(parent)
+    for c in conns:
+        _expect(c, "ready", 300)
+    return procs, conns
+
+
+def _one_round(cfg: FedConfig, r: int, coord: Coordinator, conns: list[Any], model: Any, server: ServerOptimizer,
+               shapes: dict[str, tuple[int, ...]], eval_data: Any, scratch: Path, plain_dir: Path | None,
+               bars: bool) -> dict[str, Any]:
+    """Round ``r``: publish the global weights, open, let every client train and submit, close, step."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    t_round = time.perf_counter()
+    weights_path = scratch / f"global-r{r}.safetensors"
+    state = trainable_state(model)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights_path))
+    coord.open_round(r, shapes=shapes, min_clients=min(3, cfg.clients), clip_norm=cfg.clip_norm,
+                     noise_multiplier=cfg.noise_multiplier, frac_bits=cfg.frac_bits)
+    for c in conns:
+        c.send(("train", r, str(weights_path)))
+    results = []
+    with tqdm(total=cfg.clients, desc=f"round {r} local training", unit="client", leave=False,
+              disable=not bars) as bar:
+        for c in conns:
+            results.append(_expect(c, "done", 600))
+            bar.update(1)
+    t_close = time.perf_counter()
+    res = coord.close_round(r, timeout_s=120)
+    close_s = time.perf_counter() - t_close
+    diff = _max_diff_vs_plaintext(plain_dir, r, res.average) if plain_dir else None
+    load_trainable(model, server.step(state, res.average))
+    eval_loss, ppl = evaluate(model, eval_data)
+    weights_path.unlink()
+    return {"round": r, "train_loss": float(np.mean([x[1] for x in results])), "eval_loss": eval_loss,
+            "eval_perplexity": ppl, "epsilon": res.epsilon, "delta": res.delta,
+            "agg_seconds": max(x[3] for x in results) + close_s, "train_seconds": max(x[2] for x in results),
+            "round_seconds": time.perf_counter() - t_round, "clients": list(res.clients),
+            "max_abs_diff_vs_plaintext": diff}
+
+
+def _save(cfg: FedConfig, work: Path, model: Any, tok: Any, report: dict[str, Any], ppl0: float) -> None:
+    """The final model (if asked) in the work dir's next free ``global-final*``; the report and its plot."""
     if cfg.save_model:
         final = model.merge_and_unload() if cfg.lora else model
         out = next_model_dir(work)
@@ -281,7 +301,6 @@ def _run(cfg: FedConfig, work: Path, scratch: Path, shards: Shards, progress: bo
         rp.parent.mkdir(parents=True, exist_ok=True)
         rp.write_text(json.dumps(report, indent=2))
         _plot(ppl0, report["rounds"], rp.with_suffix(".png"))
-    return report
 
 
 def _expect(conn: Any, what: str, timeout_s: float) -> tuple[Any, ...]:

@@ -1,6 +1,6 @@
 """A federated client as its own process: trains on its private shard and submits through mpc-agg.
 
-Started by ``parties.federated`` with multiprocessing's spawn context; it talks
+Started by ``parties.demo.federated`` with multiprocessing's spawn context; it talks
 to its parent over a pipe only for orchestration (which round, where the global
 weights are) and reports its loss and timings.  Its update goes only to the
 aggregator parties, secret-shared.  ``plaintext_dir`` (demo check only) makes
@@ -43,7 +43,7 @@ def _save_plaintext(cfg: WorkerConfig, round_id: int, spec: Any, delta: dict[str
     import numpy as np
     from safetensors.torch import save_file
 
-    from .client import flatten_update
+    from ..client import flatten_update
 
     scale = 1.0
     if spec.clip_norm is not None:
@@ -60,9 +60,9 @@ def client_worker(conn: Connection, cfg: WorkerConfig) -> None:
         torch.set_num_threads(1)
         from mpc_agg.errors import SpecMismatchError
 
-        from .client import SecureAggClient
+        from ..client import SecureAggClient
+        from .local import encode_texts, train_locally
         from .model import apply_lora, build_model, load_tokenizer, load_trainable
-        from .training import encode_texts, train_locally
 
         tok = load_tokenizer(cfg.tokenizer)
         model = build_model(cfg.model_dir, len(tok))

@@ -1,0 +1,197 @@
+"""The party's round state machine in one process (parties/inprocess.py): every message type in every
+state, refusals, crash and recovery; milliseconds per test, no sockets (docs/PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mpc_agg.errors import MpcAggError
+from mpc_agg.spec import RoundSpec
+from mpc_agg.wire import MsgType
+from parties.inprocess import Answer, InProcess
+from parties.rounds import Phase
+from parties.uploads import UploadLimits
+
+DIM = 21  # with 8-value chunks: three chunks per leader upload, the last one short
+HEX = "ab" * 16
+
+
+def outcome(answer: Answer | None) -> str:
+    """A reply's type name, an error's code, or 'later' for a deferred reply."""
+    if answer is None:
+        return "later"
+    if isinstance(answer, MpcAggError):
+        return answer.code
+    return answer[0].name
+
+
+def spec_for(round_id: int = 1, min_clients: int = 2) -> RoundSpec:
+    return RoundSpec.create(round_id, {"w": (DIM,)}, min_clients=min_clients, parties=3)
+
+
+def updates(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=DIM) for _ in range(n)]
+
+
+def in_state(root: Path, phase: Phase) -> tuple[InProcess, RoundSpec]:
+    """Three parties holding round 1 in ``phase`` (open/revealed rounds hold two reports)."""
+    ip, spec = InProcess(root), spec_for()
+    if phase is not Phase.ABSENT:
+        ip.open(spec)
+        for j, u in enumerate(updates(2)):
+            ip.submit(f"c{j}", spec, u)
+    if phase is Phase.REVEALED:
+        assert {outcome(a) for a in ip.close(1)} == {"SUM_SHARE"}
+    return ip, spec
+
+
+def request_for(mtype: MsgType, spec: RoundSpec) -> tuple[str, dict[str, Any], list[bytes]]:
+    """A well-formed request of each type a party serves, from the role that may send it."""
+    report = {"round": 1, "client": "new", "report_id": HEX, "spec_digest": spec.digest()}
+    return {
+        MsgType.STATUS: ("client:new", {}, []),
+        MsgType.GET_SPEC: ("client:new", {"round": 1}, []),
+        MsgType.OPEN_ROUND: ("coordinator", {"spec": spec.to_json()}, []),
+        MsgType.REPORT: ("client:new", report, [bytes(32)]),
+        MsgType.REPORT_BEGIN: ("client:new", {**report, "deadline": time.time() + 30}, []),
+        MsgType.REPORT_CHUNK: ("client:new", {"report_id": HEX, "offset": 0}, [bytes(64)]),
+    }.get(mtype, ("coordinator", {"round": 1}, []))
+
+
+# (type, party role) -> outcome in each state (absent, open, revealed); CLOSE_ROUND is run at every party
+EXPECTED: dict[tuple[MsgType, str], tuple[str, str, str]] = {
+    (MsgType.STATUS, "leader"): ("STATUS", "STATUS", "STATUS"),
+    (MsgType.STATUS, "helper"): ("STATUS", "STATUS", "STATUS"),
+    (MsgType.GET_SPEC, "leader"): ("round_state", "SPEC", "SPEC"),
+    (MsgType.GET_SPEC, "helper"): ("round_state", "SPEC", "SPEC"),
+    (MsgType.OPEN_ROUND, "leader"): ("OK", "OK", "already_revealed"),
+    (MsgType.OPEN_ROUND, "helper"): ("OK", "OK", "already_revealed"),
+    (MsgType.REPORT, "leader"): ("wire", "wire", "wire"),
+    (MsgType.REPORT, "helper"): ("round_state", "later", "round_state"),
+    (MsgType.REPORT_BEGIN, "leader"): ("round_state", "OK", "round_state"),
+    (MsgType.REPORT_BEGIN, "helper"): ("wire", "wire", "wire"),
+    (MsgType.REPORT_CHUNK, "leader"): ("round_state", "round_state", "round_state"),
+    (MsgType.REPORT_CHUNK, "helper"): ("round_state", "round_state", "round_state"),
+    (MsgType.CLOSE_ROUND, "all"): ("round_state", "SUM_SHARE", "already_revealed"),
+    **{(t, role): ("wire", "wire", "wire") for t in (MsgType.ERROR, MsgType.OK, MsgType.SPEC, MsgType.SUM_SHARE,
+                                                      MsgType.PEER, MsgType.DEALER_REQUEST, MsgType.DEALER_REPLY)
+       for role in ("leader", "helper")},
+}
+
+
+def test_the_table_covers_every_message_type() -> None:
+    assert {t for t, _ in EXPECTED} == set(MsgType)
+
+
+@pytest.mark.parametrize("phase", [Phase.ABSENT, Phase.OPEN, Phase.REVEALED], ids=lambda p: p.value)
+def test_every_message_type_in_every_state(tmp_path: Path, phase: Phase) -> None:
+    col = [Phase.ABSENT, Phase.OPEN, Phase.REVEALED].index(phase)
+    shared = in_state(tmp_path / "shared", phase)  # for requests that are refused or only read
+    for (mtype, role), want in EXPECTED.items():
+        fresh = role == "all" or want[col] in ("OK", "later", "SUM_SHARE")
+        ip, spec = in_state(tmp_path / f"{mtype.name}-{role}", phase) if fresh else shared
+        if role == "all":
+            got = {outcome(a) for a in ip.close(1)}
+            assert got == {want[col]}, (mtype.name, phase, got)
+            continue
+        identity, meta, payloads = request_for(mtype, spec)
+        got = outcome(ip.request(0 if role == "leader" else 1, identity, mtype, meta, payloads))
+        assert got == want[col], (mtype.name, role, phase, got)
+        moved = Phase.OPEN if mtype == MsgType.OPEN_ROUND and phase is Phase.ABSENT and role == "leader" else phase
+        assert ip.parties[0].table.phase(1) is moved  # only OPEN_ROUND and CLOSE_ROUND move the state
+
+
+def test_a_round_reveals_the_weighted_average(tmp_path: Path) -> None:
+    ip, spec = InProcess(tmp_path), spec_for()
+    assert {outcome(a) for a in ip.open(spec)} == {"OK"}
+    ups, weights = updates(4), [1.0, 2.0, 0.5, 3.0]
+    for j, (u, w) in enumerate(zip(ups, weights)):
+        assert [outcome(a) for a in ip.submit(f"c{j}", spec, u, w)] == ["OK"] * 3
+    answers = ip.close(1)
+    want = sum(w * u for u, w in zip(ups, weights)) / sum(weights)
+    np.testing.assert_allclose(InProcess.average(spec, answers), want, atol=1e-6)
+    assert all(sorted(a[1]["clients"]) == ["c0", "c1", "c2", "c3"] for a in answers)
+
+
+def test_reports_missing_at_a_party_are_left_out_exactly(tmp_path: Path) -> None:
+    ip, spec = InProcess(tmp_path), spec_for()
+    ip.open(spec)
+    ups = updates(3)
+    for j, u in enumerate(ups):
+        ip.submit(f"c{j}", spec, u)
+    ip.submit("partial", spec, np.full(DIM, 1e6), parties=[0, 2])  # party 1 never gets it
+    answers = ip.close(1)
+    np.testing.assert_allclose(InProcess.average(spec, answers), sum(ups) / 3, atol=1e-6)
+    assert "partial" not in answers[0][1]["clients"]
+
+
+def test_below_the_floor_nothing_is_revealed_and_the_round_stays_open(tmp_path: Path) -> None:
+    ip, spec = InProcess(tmp_path), spec_for(min_clients=2)
+    ip.open(spec)
+    ip.submit("c0", spec, updates(1)[0])
+    assert {outcome(a) for a in ip.close(1)} == {"cohort_too_small"}
+    assert ip.parties[1].table.phase(1) is Phase.OPEN
+    ip.submit("c1", spec, updates(1, seed=1)[0])
+    assert {outcome(a) for a in ip.close(1)} == {"SUM_SHARE"}
+
+
+def test_refused_requests_change_nothing(tmp_path: Path) -> None:
+    ip, spec = in_state(tmp_path, Phase.OPEN)
+    _, report, seed = request_for(MsgType.REPORT, spec)
+    refusals = {
+        "auth": [ip.request(0, "client:x", MsgType.OPEN_ROUND, {"spec": spec.to_json()}),
+                 ip.request(1, "client:x", MsgType.CLOSE_ROUND, {"round": 1, "session": "s", "deadline": 1e12}),
+                 ip.request(0, "coordinator", MsgType.REPORT_BEGIN, {**report, "deadline": 1.0})],
+        "unknown_client": [ip.request(1, "client:other", MsgType.REPORT, report, seed)],
+        "spec_mismatch": [ip.request(1, "client:new", MsgType.REPORT, {**report, "spec_digest": "0" * 64}, seed)],
+        "duplicate_report": [ip.request(1, "client:c0", MsgType.REPORT, {**report, "client": "c0"}, seed)],
+        "refused": [ip.request(1, "coordinator", MsgType.CLOSE_ROUND,
+                               {"round": 1, "session": "s", "deadline": 1e12, "cohort": []})],
+        "wire": [ip.request(1, "client:new", MsgType.REPORT, report, [bytes(31)])],
+    }
+    for code, answers in refusals.items():
+        assert [outcome(a) for a in answers] == [code] * len(answers), code
+    late = ip.request(1, "coordinator", MsgType.CLOSE_ROUND, {"round": 1, "session": "s", "deadline": 1.0})
+    assert outcome(late) == "round_state" and "deadline" in str(late)
+    assert [len(p.table.rounds[1].reports) for p in ip.parties] == [2, 2, 2]
+
+
+def test_queued_upload_is_answered_when_a_slot_frees(tmp_path: Path) -> None:
+    ip, spec = InProcess(tmp_path, upload_limits=UploadLimits(slots=1)), spec_for()
+    ip.open(spec)
+    _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
+    first = {**report, "client": "c0", "report_id": "01" * 16}
+    second = {**report, "client": "c1", "report_id": "02" * 16}
+    assert outcome(ip.request(0, "client:c0", MsgType.REPORT_BEGIN, first)) == "OK"
+    assert outcome(ip.request(0, "client:c1", MsgType.REPORT_BEGIN, second)) == "later"
+    for start in range(0, DIM + 1, 8):
+        ip.request(0, "client:c0", MsgType.REPORT_CHUNK, {"report_id": first["report_id"], "offset": start},
+                   [bytes(8 * min(8, DIM + 1 - start))])
+    later = ip.settle(0)  # c0's acknowledgement after the fsync, and c1's slot
+    assert sorted(outcome(a) for a in later) == ["OK", "OK"]
+    assert any(a[1].get("chunk") == 8 for a in later if isinstance(a, tuple))
+
+
+def test_a_crash_loses_nothing_acknowledged_and_no_partial_upload(tmp_path: Path) -> None:
+    ip, spec = InProcess(tmp_path), spec_for()
+    ip.open(spec)
+    ups = updates(3)
+    for j, u in enumerate(ups):
+        ip.submit(f"c{j}", spec, u)
+    _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
+    assert outcome(ip.request(0, "client:new", MsgType.REPORT_BEGIN, report)) == "OK"
+    ip.request(0, "client:new", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": 0}, [np.ones(8, "<i8").data])
+    for i in range(3):  # every party crashes and restarts from its state directory
+        ip.restart(i)
+    assert [p.table.summary()["1"]["reports"] for p in ip.parties] == [3, 3, 3]
+    answers = ip.close(1)
+    np.testing.assert_allclose(InProcess.average(spec, answers), sum(ups) / 3, atol=1e-6)
+    ip.restart(2)  # and after the reveal: the round stays revealed, its id is never reused
+    assert ip.parties[2].table.phase(1) is Phase.REVEALED
+    assert outcome(ip.open(spec)[2]) == "already_revealed"
