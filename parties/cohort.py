@@ -12,21 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
 
 from mpc_agg import wraptest
-from mpc_agg.crypten_glue import ZmqCommunicator
 from mpc_agg.errors import RefusedError
 from mpc_agg.normcheck import check_weights, verify_norms
 from mpc_agg.sharing import ShareContext, expand_seed
-from mpc_agg.spec import RoundSpec
-from mpc_agg.store import RoundStore, StoredReport
+from mpc_agg.store import RoundStore
+from parties.agreement import Collective
+from parties.running_sum import HeldRound
 
-__all__ = ["CohortSteps", "HeldRound"]
+__all__ = ["CohortSteps"]
 
 REPLICATED_PROJECTS = ((False, False), (True, True), (False, True))
 """k = 3: which held shares each party projects (own, next), mpc_agg.normcheck: party 1 s_1 + s_2,
@@ -38,19 +37,10 @@ LEADER_WINDOW = 8
 """k = 3: chunks of its share the leader may send party 2 before party 2 acknowledges one (16 MB)."""
 
 
-class HeldRound(Protocol):
-    """What a party holds of an open round (parties.party keeps one per round)."""
-
-    spec: RoundSpec
-    dir: Path
-    reports: dict[str, str]  # report id (hex) -> client id
-    stored: dict[str, StoredReport]
-
-
 class CohortSteps:
     """The steps of one close at party ``party`` of ``k``, over ``comm`` (all parties call them in order)."""
 
-    def __init__(self, comm: ZmqCommunicator, store: RoundStore, party: int, k: int, st: HeldRound) -> None:
+    def __init__(self, comm: Collective, store: RoundStore, party: int, k: int, st: HeldRound) -> None:
         self.comm, self.store, self.party, self.k, self.st = comm, store, party, k, st
 
     def intersect(self) -> list[str]:
