@@ -5,7 +5,7 @@
   replaces the unsafe TFP provider by one that refuses.
 * ``activate()`` makes a :class:`~mpc_agg.communicator.ZmqCommunicator` CrypTen's
   communicator and the dealer (:mod:`mpc_agg.dealer_tuples`) its provider for one
-  session; ``deactivate()`` undoes it.
+  session, with or without CrypTen's pseudo-random generators; ``deactivate()`` undoes it.
 The communicator, providers and codecs live in their own modules; their names are
 re-exported here for existing imports.
 """
@@ -19,6 +19,7 @@ from typing import Any
 from .communicator import MAX_EARLY_SESSIONS, ZmqCommunicator
 from .dealer_tuples import (DEALER_FUNCTIONS, DEALER_OPS, DealerProvider, RefusingProvider, expand_dealer_seed,
                             random_ring)
+from .errors import CommunicatorError
 from .tensor_codec import payload_to_tensor, tensor_to_payload
 
 __all__ = [
@@ -62,11 +63,23 @@ def _providers() -> dict[str, Any]:
     return vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
 
 
-def activate(comm: ZmqCommunicator, provider: DealerProvider | None, session: str) -> None:
+class _NoGenerators(dict):  # type: ignore[type-arg]
+    """One of CrypTen's generator tables in a session without seeds: any use is an error, never a stale seed."""
+
+    def __missing__(self, device: Any) -> Any:
+        raise CommunicatorError("CrypTen's pseudo-random generators are not set up in this session: start it "
+                                "with mpc_agg.crypten_glue.activate(..., prng=True)")
+
+
+def activate(comm: ZmqCommunicator, provider: DealerProvider | None, session: str, *, prng: bool = True) -> None:
     """Make ``comm`` CrypTen's communicator and start a session under ``session``.
 
-    CrypTen's pairwise/global PRNG seeds are (re)exchanged for the session over
-    the encrypted channel; the provider is the dealer, or one that refuses.
+    With ``prng``, CrypTen's pairwise/global PRNG seeds are (re)exchanged for the session over
+    the encrypted channel (two exchanges among the parties), as CrypTen's sharing of public
+    values (``cryptensor``, PRZS) and ``crypten.rand`` need.  Without it nothing is exchanged
+    and CrypTen's generators are emptied, so any use of them raises CommunicatorError: for
+    sessions whose MPC takes all its randomness from the dealer (the close's checks,
+    mpc_agg.normcheck).  The provider is the dealer, or one that refuses.
     """
     crypten = import_crypten()
     import crypten.communicator as ccomm
@@ -81,7 +94,11 @@ def activate(comm: ZmqCommunicator, provider: DealerProvider | None, session: st
     else:
         _providers()[RefusingProvider.NAME] = RefusingProvider()
         crypten.cfg.mpc.provider = RefusingProvider.NAME
-    crypten._setup_prng()
+    if prng:
+        crypten._setup_prng()
+    else:
+        for key in crypten.generators:
+            crypten.generators[key] = _NoGenerators()
 
 
 def deactivate() -> None:

@@ -138,7 +138,8 @@ def _no_constant(name: str) -> Any:
 
 def loads_bounded(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse untrusted JSON; every failure is a WireError (depth checked before parsing)."""
-    if _max_depth(raw) > max_depth:
+    # no deeper than its number of opening brackets: most metadata needs no scan
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _max_depth(raw) > max_depth:
         raise WireError(f"JSON nested deeper than {max_depth}")
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_int=_bounded_int,

@@ -4,14 +4,16 @@ Every party runs the same steps, in order, even when it will refuse, so that all
 refuse together:
 
 1. all-gather a :class:`CloseStatus` (round open? already revealed? floor, spec digest,
-   has a dealer) and refuse unless every party holds the same open, unrevealed round;
+   has a dealer, and the report ids it holds) and refuse unless every party holds the
+   same open, unrevealed round;
 2. intersect the report ids (only reports every party holds can be summed);
 3. screen the intersection by the MPC checks (parties.cohort), which only reveal one
    bit per report;
 4. refuse below the highest floor (the spec's and every party's ``min_clients``).
 
-The process plugs in its ZeroMQ communicator; tests and parties/inprocess.py plug in
-:class:`LocalGroup`, an in-memory fake, and run the whole protocol in one process.
+Steps 1 and 2 take one exchange.  The process plugs in its ZeroMQ communicator; tests
+and parties/inprocess.py plug in :class:`LocalGroup`, an in-memory fake, and run the
+whole protocol in one process.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ __all__ = ["Collective", "CloseStatus", "Outcome", "Screen", "agree", "LocalGrou
 
 
 class Collective(Protocol):
-    """What the close needs from the other parties: ZmqCommunicator in a process, LocalGroup in tests."""
+    """What the close needs from the other parties: ZmqCommunicator in a process, LocalGroup in tests.
+    ``all_gather`` takes tensors of different lengths at different parties."""
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
 
@@ -42,31 +45,38 @@ class Collective(Protocol):
 
 @dataclass(frozen=True)
 class CloseStatus:
-    """One party's view of the round being closed, exchanged first (8 int64 values on the wire)."""
+    """One party's view of the round being closed, exchanged first: 8 int64 values, then two per
+    report id it holds (16 bytes each; none unless the round is open and unrevealed here)."""
 
     open: bool
     revealed: bool = False
     floor: int = 0
     digest: str = "00" * 32
     dealer: bool = False
+    reports: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, st: HeldRound | None, *, floor: int, dealer: bool) -> "CloseStatus":
         if st is None:
             return cls(False, dealer=dealer)
-        return cls(True, st.revealed, floor, st.digest, dealer)
+        return cls(True, st.revealed, floor, st.digest, dealer, () if st.revealed else tuple(sorted(st.reports)))
 
     def to_tensor(self) -> torch.Tensor:
         digest = np.frombuffer(bytes.fromhex(self.digest), dtype="<i8")
-        return torch.tensor([int(self.open), int(self.revealed), self.floor, *digest.tolist(), int(self.dealer)],
-                            dtype=torch.int64)
+        head = np.array([int(self.open), int(self.revealed), self.floor, *digest, int(self.dealer)], dtype=np.int64)
+        ids = np.frombuffer(b"".join(bytes.fromhex(h) for h in self.reports), dtype="<i8")
+        return torch.from_numpy(np.concatenate([head, ids]).astype(np.int64))
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "CloseStatus":
-        v = t.tolist()
-        if len(v) != 8 or any(x not in (0, 1) for x in (v[0], v[1], v[7])) or v[2] < 0:
+        if t.dtype != torch.int64 or t.dim() != 1 or t.numel() < 8 or t.numel() % 2:
             raise WireError("malformed close status from a party")
-        return cls(bool(v[0]), bool(v[1]), v[2], np.array(v[3:7], dtype="<i8").tobytes().hex(), bool(v[7]))
+        v = t[:8].tolist()
+        if any(x not in (0, 1) for x in (v[0], v[1], v[7])) or v[2] < 0:
+            raise WireError("malformed close status from a party")
+        raw = t[8:].numpy().astype("<i8").tobytes()
+        ids = tuple(raw[i:i + 16].hex() for i in range(0, len(raw), 16))
+        return cls(bool(v[0]), bool(v[1]), v[2], np.array(v[3:7], dtype="<i8").tobytes().hex(), bool(v[7]), ids)
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,7 @@ class Outcome:
 
 
 class Screen(Protocol):
-    """The close's cohort steps at one party (parties.cohort.CohortSteps)."""
-
-    def intersect(self) -> list[str]: ...
+    """The close's MPC checks at one party (parties.cohort.CohortSteps)."""
 
     def screen(self, cohort: list[str], session: str, *, dealer: bool) -> tuple[list[str], list[str]]: ...
 
@@ -104,8 +112,8 @@ def agree(coll: Collective, round_id: int, st: HeldRound | None, mine: CloseStat
     check_statuses(statuses, round_id)
     if st is None:  # unreachable after the status check; keeps the type narrow
         raise RoundStateError(f"round {round_id} is not open")
-    peers = steps(st)
-    cohort, rejected = peers.screen(peers.intersect(), session, dealer=all(s.dealer for s in statuses))
+    held = sorted(set.intersection(*(set(s.reports) for s in statuses)))
+    cohort, rejected = steps(st).screen(held, session, dealer=all(s.dealer for s in statuses))
     floor = max([st.spec.min_clients] + [s.floor for s in statuses])
     if len(cohort) < floor:
         raise CohortTooSmallError(

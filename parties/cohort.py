@@ -1,10 +1,10 @@
-"""The close's party-to-party steps on a round every party holds: agree on the cohort, then screen it.
+"""The close's MPC checks on the reports every party holds (parties.agreement found them).
 
 Run by every party at once inside the close's CrypTen session (docs: README "Verified
-clipping", SECURITY.md, docs/wraptest.md): intersect the report ids, draw the
-wraparound tests' seed by commit-then-reveal, and run the MPC checks (norms and
-projections in verified rounds, weights otherwise) that split the cohort into
-accepted and rejected reports.  Only one bit per report is revealed.
+clipping", SECURITY.md, docs/wraptest.md): draw the wraparound tests' seed by
+commit-then-reveal, and run the MPC checks (norms and projections in verified rounds,
+weights otherwise) that split the cohort into accepted and rejected reports.  Only one
+bit per report is revealed.
 """
 
 from __future__ import annotations
@@ -42,20 +42,6 @@ class CohortSteps:
 
     def __init__(self, comm: Collective, store: RoundStore, party: int, k: int, st: HeldRound) -> None:
         self.comm, self.store, self.party, self.k, self.st = comm, store, party, k, st
-
-    def intersect(self) -> list[str]:
-        """The report ids every party holds (sorted): each party's ids, all-gathered as int64 pairs."""
-        mine = sorted(self.st.reports)
-        ids = torch.from_numpy(np.frombuffer(b"".join(bytes.fromhex(h) for h in mine), dtype=np.int64).copy()
-                               if mine else np.zeros(0, dtype=np.int64))
-        counts = self.comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
-        padded = torch.zeros(2 * max(int(c) for c in counts), dtype=torch.int64)
-        padded[: ids.numel()] = ids
-        sets = []
-        for j, t in enumerate(self.comm.all_gather(padded)):
-            raw = t[: 2 * int(counts[j])].numpy().tobytes()
-            sets.append({raw[i:i + 16].hex() for i in range(0, len(raw), 16)})
-        return sorted(set.intersection(*sets))
 
     def _wrap_seed(self, session: str) -> bytes:
         """The wraparound tests' public seed, drawn now that the reports are fixed, by commit-then-reveal:

@@ -30,7 +30,10 @@ __all__ = ["Party", "ZmqPeers"]
 
 
 class ZmqPeers:
-    """The other parties over CURVE ZeroMQ (parties.core.PeerLink): CrypTen's session for each close."""
+    """The other parties over CURVE ZeroMQ (parties.core.PeerLink): CrypTen's session for each close.
+
+    The session exchanges no PRNG seeds: the close's MPC checks (mpc_agg.normcheck, signcircuit)
+    take all their randomness from the dealer, and CrypTen's generators stay unset (an error if used)."""
 
     def __init__(self, comm: ZmqCommunicator, provider: DealerProvider | None, timeout_s: float) -> None:
         self.comm, self.provider, self.timeout_s = comm, provider, timeout_s
@@ -40,7 +43,7 @@ class ZmqPeers:
         self.comm.timeout_s = min(seconds, self.timeout_s)  # give up when the coordinator does
         if self.provider is not None:  # and tell it why a dealer failure happened, while it still listens
             self.provider.deadline = time.monotonic() + seconds
-        activate(self.comm, self.provider, tag)
+        activate(self.comm, self.provider, tag, prng=False)
         return self.comm
 
     def bytes_sent(self) -> int:
