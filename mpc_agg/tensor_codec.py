@@ -7,6 +7,7 @@ receipt; objects (CrypTen's send_obj/recv_obj) as tagged JSON parsed by
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ _DTYPES = {
     "uint8": torch.uint8, "bool": torch.bool, "float32": torch.float32, "float64": torch.float64,
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_NUMPY = {name: torch.empty((), dtype=t).numpy().dtype for name, t in _DTYPES.items()}
 
 
 def tensor_to_payload(t: torch.Tensor) -> tuple[dict[str, Any], bytes]:
@@ -33,16 +35,14 @@ def tensor_to_payload(t: torch.Tensor) -> tuple[dict[str, Any], bytes]:
 
 def payload_to_tensor(meta: dict[str, Any], payload: Any) -> torch.Tensor:
     """Rebuild a tensor from (meta, bytes), checking dtype and length."""
-    dtype = _DTYPES.get(meta.get("dtype"))  # type: ignore[arg-type]
+    np_dtype = _NUMPY.get(meta.get("dtype"))  # type: ignore[arg-type]
     shape = meta.get("shape")
-    if dtype is None or not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if np_dtype is None or not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise WireError("bad tensor metadata")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    n = math.prod(shape)  # exact (Python ints): a huge shape cannot wrap to the payload's length
     view = memoryview(payload)
-    if view.nbytes != n * itemsize:
-        raise WireError(f"tensor payload is {view.nbytes} bytes, expected {n * itemsize}")
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    if view.nbytes != n * np_dtype.itemsize:
+        raise WireError(f"tensor payload is {view.nbytes} bytes, expected {n * np_dtype.itemsize}")
     arr = np.frombuffer(view, dtype=np_dtype).copy().reshape(shape)  # received frames are read-only
     return torch.from_numpy(arr)
 

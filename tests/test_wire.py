@@ -84,3 +84,20 @@ def test_spec_digest_is_canonical_and_round_trips() -> None:
 def test_bad_spec_json(bad: object) -> None:
     with pytest.raises(WireError):
         RoundSpec.from_json(bad)
+
+
+def test_peer_tensor_payloads_round_trip_and_bad_ones_are_wire_errors() -> None:
+    import torch
+
+    from mpc_agg.tensor_codec import payload_to_tensor, tensor_to_payload
+
+    for t in (torch.arange(-3, 9, dtype=torch.int64).reshape(3, 4), torch.tensor([True, False]), torch.tensor(2.5),
+              torch.zeros((0, 3), dtype=torch.float32)):
+        back = payload_to_tensor(*tensor_to_payload(t))
+        assert back.dtype == t.dtype and back.shape == t.shape and torch.equal(back, t)
+    for meta, payload in (({"dtype": "int64", "shape": [3]}, bytes(16)),          # short
+                          ({"dtype": "complex64", "shape": [1]}, bytes(8)),       # unknown dtype
+                          ({"dtype": "int64", "shape": [-1]}, b""),               # negative dimension
+                          ({"dtype": "int64", "shape": [2**32, 2**32]}, b"")):    # 2**64 elements: no wrap to 0
+        with pytest.raises(WireError):
+            payload_to_tensor(meta, payload)
