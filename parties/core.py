@@ -218,7 +218,7 @@ class PartyCore:
         st = self.table.rounds.get(r)
         t0, bytes0 = self.now(), self.peers.bytes_sent()
         event(log, "close_start", party=self.id, round=r, session=session, timeout_s=round(left, 1))
-        coll = self.peers.begin(f"close:{r}:{session}", left)  # (CrypTen's session setup already talks to peers)
+        coll = self.peers.begin(f"close:{r}:{session}", left)  # local: the first exchange is the status
         mine = CloseStatus.of(st, floor=self.cfg.min_clients, dealer=self.peers.has_dealer)
         out = agree(coll, r, st, mine, session, lambda held: CohortSteps(coll, self.store, self.id, self.k, held))
         st = out.round
