@@ -161,7 +161,7 @@ def harness(workdir: Path, clients: int, parties: int, timeout_s: float, *, plai
         if plain:
             h.plain = stack.enter_context(PlainServerProcess(ld.config, ld.log_dir))
             h.pcoord = stack.enter_context(PlainCoordinator(dep, h.plain.port))
-            h.pclients = [stack.enter_context(PlainClient(dep, c.id, h.plain.port, timeout_s=timeout_s))
+            h.pclients = [stack.enter_context(PlainClient(dep, c.id, h.plain.port, h.plain.bulk_port, timeout_s=timeout_s))
                           for c in dep.clients]
         coord.status(timeout_s=timeout_s)  # returns once every party serves (CrypTen imported)
         yield h

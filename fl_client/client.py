@@ -2,10 +2,11 @@
 
 The client fetches the round's spec from every party and refuses to submit
 unless all of them agree (a coordinator cannot hand parties different specs).
-The upload is a 32-byte seed to each helper and the dense share vector to the
-leader (mpc_agg.sharing), in chunks once the leader admits the upload, each over
-its party's CURVE channel: 4 bytes per coordinate in rounds whose spec states a
-32-bit ring (mpc_agg.ring), 8 otherwise, plus the 8-byte weight coordinate.
+The upload is a 32-byte seed to each helper over its CURVE channel and the dense
+share vector to the leader (mpc_agg.sharing): once the leader admits the upload over
+CURVE and hands out its key, in AES-GCM-sealed chunks to its bulk endpoint
+(mpc_agg.bulk): 4 bytes per coordinate in rounds whose spec states a 32-bit ring
+(mpc_agg.ring), 8 otherwise, plus the 8-byte weight coordinate.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
+from mpc_agg.dp import (PrivacyLedger, SkellamRound, csprng, l2_norm, randomized_round, rounded_norm_bound,
+                        skellam_noise)
 from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
 from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
@@ -29,7 +32,7 @@ from mpc_agg.messages import request
 from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
-from mpc_agg.transport import SecureContext
+from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import UPLOAD_WINDOW, MsgType
 
 __all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
@@ -61,7 +64,7 @@ def clip_to_norm(x: np.ndarray, clip_norm: float) -> np.ndarray:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak == 0.0:
         return x
-    rel = float(np.linalg.norm(x / peak))  # in [1, sqrt(d)]: ||x|| = peak * rel
+    rel = l2_norm(x / peak)  # in [1, sqrt(d)]: ||x|| = peak * rel
     if rel <= clip_norm / peak:
         return x
     return (x / peak) * (clip_norm / rel)
@@ -123,6 +126,7 @@ class SecureAggClient:
         self.dep = deployment
         self.sctx = SecureContext()
         self._specs: dict[int, RoundSpec] = {}
+        self._bulk: dict[int, Requester] = {}
         self._req = PartyLinks.to_parties(self.sctx, deployment.parties, public_key=cfg.public_key, secret_key=secret)
 
     @classmethod
@@ -132,7 +136,7 @@ class SecureAggClient:
     @property
     def bytes_sent(self) -> int:
         """Message bytes this client has sent to all parties so far (its upload cost)."""
-        return self._req.bytes_sent
+        return self._req.bytes_sent + sum(b.bytes_sent for b in self._bulk.values())
 
     def close(self) -> None:
         self.sctx.close()
@@ -226,7 +230,9 @@ class SecureAggClient:
         chunk = go.meta.get("chunk")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0 or chunk % 2:
             raise WireError("party 0 announced an invalid chunk size")
-        pending: collections.deque[str] = collections.deque()
+        seal = UploadSeal(bytes.fromhex(go.meta["key"]), ctx.round_id, ctx.report_id)
+        bulk = self._bulk_link(0)
+        pending: collections.deque[tuple[str, int]] = collections.deque()
         for start in range(0, ring.size, chunk):
             part = ring[start:start + chunk]
             if bits == 64:
@@ -235,11 +241,27 @@ class SecureAggClient:
             else:
                 payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1).data
             head = request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
-            pending.append(req.send(MsgType.REPORT_CHUNK, head, [payload]))
+            sealed = seal.seal_chunk(start, part.size, payload)
+            pending.append((bulk.send(MsgType.REPORT_CHUNK, head, [sealed]), start + part.size))
             if len(pending) >= UPLOAD_WINDOW:
-                req.wait(pending.popleft(), deadline, "party 0")
+                self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline)
         while pending:
-            req.wait(pending.popleft(), deadline, "party 0")
+            self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline)
+
+    @staticmethod
+    def _check_ack(bulk: Requester, seal: UploadSeal, rid: str, upto: int, total: int, deadline: float) -> None:
+        """Wait for the party's acknowledgement of the values up to ``upto``: tagged under the upload key
+        (mpc_agg.bulk), ``done`` on the last one, which the party sends after its fsync."""
+        ack = bulk.wait(rid, deadline, "party 0")
+        if ack.meta["next"] != upto or ack.meta["done"] != (upto == total):
+            raise WireError("party 0 acknowledged another chunk than the one sent")
+        seal.check_ack(upto, upto == total, ack.meta["tag"])
+
+    def _bulk_link(self, i: int) -> Requester:
+        """The link to party ``i``'s bulk endpoint (sealed chunks), made on first use."""
+        if i not in self._bulk:
+            self._bulk[i] = Requester(self.sctx.bulk_client(self.dep.parties[i].bulk_endpoint))
+        return self._bulk[i]
 
     def _check_privacy(self, spec: RoundSpec, weight: float) -> SkellamRound | None:
         """Apply this client's own floors; returns the round's DP event (None when un-noised)."""

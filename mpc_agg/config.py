@@ -39,6 +39,8 @@ class PartyConfig:
     """this party's consent to verify_norm rounds, which lower who must collude (mpc_agg.trust)"""
     max_reports: int = MAX_REPORTS_PER_ROUND
     """reports accepted per round (at most MAX_REPORTS_PER_ROUND, so the sum cannot wrap)"""
+    bulk_endpoint: str = ""
+    """where clients send AES-GCM-sealed share chunks (mpc_agg.bulk); not a CURVE socket"""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class Deployment:
 
     def _check(self) -> None:
         p, parties, clients = self.path, self.parties, self.clients
+        endpoints = [e for x in parties for e in (x.client_endpoint, x.peer_endpoint, x.bulk_endpoint)]
+        if len(set(endpoints)) != len(endpoints):
+            raise ConfigError(f"{p}: two endpoints are the same (each party needs its own client, peer and "
+                              "bulk endpoints)")
         if len(parties) < 2:
             raise ConfigError(f"{p}: at least 2 parties are needed, found {len(parties)}")
         if [x.id for x in parties] != list(range(len(parties))):
@@ -234,6 +240,7 @@ def _party_entry(s: dict[str, Any], base: Path) -> PartyConfig:
         state_dir=base / str(s.get("state_dir", f"state/party-{s['id']}")),
         allow_verify_norm=_flag(s.get("allow_verify_norm", False), "allow_verify_norm"),
         max_reports=int(s.get("max_reports", MAX_REPORTS_PER_ROUND)),
+        bulk_endpoint=str(s["bulk_endpoint"]),
     )
 
 
@@ -300,7 +307,7 @@ def generate_deployment(
     keys = out / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)
-    nports = 2 * parties + 1
+    nports = 3 * parties + 1
     ports = free_ports(nports) if base_port is None else list(range(base_port, base_port + nports))
 
     def new_key(name: str) -> str:
@@ -317,8 +324,9 @@ def generate_deployment(
         lines += [
             "[[parties]]",
             f"id = {i}",
-            f"client_endpoint = {_toml_str(f'tcp://{h}:{ports[2 * i]}')}",
-            f"peer_endpoint = {_toml_str(f'tcp://{h}:{ports[2 * i + 1]}')}",
+            f"client_endpoint = {_toml_str(f'tcp://{h}:{ports[3 * i]}')}",
+            f"peer_endpoint = {_toml_str(f'tcp://{h}:{ports[3 * i + 1]}')}",
+            f"bulk_endpoint = {_toml_str(f'tcp://{h}:{ports[3 * i + 2]}')}",
             f"public_key = {_toml_str(new_key(f'party-{i}'))}",
             f'private_key_file = "keys/party-{i}.key"',
             f"min_clients = {min_clients}",

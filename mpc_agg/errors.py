@@ -27,6 +27,7 @@ __all__ = [
     "NoiseRangeError",
     "RingSizeError",
     "TrustError",
+    "SealError",
     "error_from_code",
 ]
 
@@ -59,6 +60,12 @@ class WireError(MpcAggError):
     """A frame violates the wire format (magic, version, type, lengths, size)."""
 
     code = "wire"
+
+
+class SealError(WireError):
+    """A sealed chunk or its acknowledgement failed AES-GCM authentication (mpc_agg.bulk)."""
+
+    code = "seal"
 
 
 class AuthError(MpcAggError):
@@ -158,7 +165,7 @@ _BY_CODE = {
         RefusedError, SpecMismatchError, UnknownClientError, DuplicateReportError,
         RoundStateError, CohortTooSmallError, AlreadyRevealedError,
         AggregationTimeout, CommunicatorError, BudgetExceededError, NoiseFloorError,
-        NoiseRangeError, RingSizeError, TrustError,
+        NoiseRangeError, RingSizeError, TrustError, SealError,
     )
 }
 

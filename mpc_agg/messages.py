@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from .errors import AuthError, WireError
 from .wire import Message, MsgType
 
-__all__ = ["Field", "Schema", "REQUESTS", "REPLIES", "CLIENT", "COORDINATOR", "PARTY", "request", "check_reply",
+__all__ = ["Field", "Schema", "REQUESTS", "REPLIES", "CLIENT", "COORDINATOR", "PARTY", "BULK", "request", "check_reply",
            "validate_request", "MAX_ID_CHARS", "MAX_ROUND_ID"]
 
 MAX_ID_CHARS = 128
@@ -41,7 +41,9 @@ class Field:
     minimum: float = 0
 
 
-CLIENT, COORDINATOR, PARTY, DEALER = "client", "coordinator", "party", "dealer"
+CLIENT, COORDINATOR, PARTY, DEALER, BULK = "client", "coordinator", "party", "dealer", "bulk"
+"""Roles; ``bulk`` is the unauthenticated sender on a party's bulk endpoint, whose chunks the upload key
+authenticates (mpc_agg.bulk)."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,8 @@ REQUESTS: dict[MsgType, Schema] = {
     MsgType.OPEN_ROUND: Schema(_COORD, {"rid": _RID, "spec": Field("object")}),
     MsgType.REPORT: Schema(_CLIENT, {**_REPORT}, payloads=1),
     MsgType.REPORT_BEGIN: Schema(_CLIENT, {**_REPORT, "deadline": Field("number")}),
-    MsgType.REPORT_CHUNK: Schema(_CLIENT, {"rid": _RID, "report_id": Field("hex32"), "offset": Field("int")},
-                                 payloads=1),
+    MsgType.REPORT_CHUNK: Schema(frozenset({BULK}), {"rid": _RID, "report_id": Field("hex32"),
+                                                     "offset": Field("int")}, payloads=1),
     MsgType.CLOSE_ROUND: Schema(_COORD, {"rid": _RID, "round": _ROUND, "session": Field("str"),
                                          "deadline": Field("number")}, extra_allowed=True),
     MsgType.DEALER_REQUEST: Schema(frozenset({PARTY}), {"rid": _RID, "session": Field("str"), "seq": Field("int"),
@@ -105,9 +107,9 @@ REPLIES: dict[MsgType, tuple[MsgType, Schema]] = {
     MsgType.OPEN_ROUND: (MsgType.OK, Schema(_PARTY, {**_OUT, "digest": Field("hex64")})),
     MsgType.REPORT: (MsgType.OK, Schema(_PARTY, {**_OUT, "report_id": Field("hex32")})),
     MsgType.REPORT_BEGIN: (MsgType.OK, Schema(_PARTY, {**_OUT, "report_id": Field("hex32"),
-                                                       "chunk": Field("int", minimum=2)})),
-    MsgType.REPORT_CHUNK: (MsgType.OK, Schema(_PARTY, {**_OUT, "report_id": Field("hex32"),
-                                                       "next": Field("int", False), "done": Field("bool", False)})),
+                                                       "chunk": Field("int", minimum=2), "key": Field("hex64")})),
+    MsgType.REPORT_CHUNK: (MsgType.OK, Schema(_PARTY, {**_OUT, "report_id": Field("hex32"), "next": Field("int"),
+                                                       "done": Field("bool"), "tag": Field("hex32")})),
     MsgType.CLOSE_ROUND: (MsgType.SUM_SHARE, Schema(_PARTY, {
         **_OUT, "round": _ROUND, "party": Field("int"), "cohort": Field("list"), "clients": Field("list"),
         "rejected": Field("list"), "stats": Field("object", False)}, payloads=-1)),

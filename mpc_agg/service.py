@@ -1,4 +1,5 @@
-"""A request/reply server on one CURVE ROUTER socket: the shape every role process shares.
+"""A request/reply server on one CURVE ROUTER socket (and a party's bulk endpoint): the shape every role
+process shares.
 
 Subclasses map message types to handlers ``(request) -> (type, meta, payloads)``,
 or None for a request they answer later: the :class:`Request` carries an explicit
@@ -37,6 +38,8 @@ class ReplyTo:
 
     routing_id: bytes
     rid: str | None
+    bulk: bool = False
+    """the request came on the bulk endpoint (sealed chunks, mpc_agg.bulk): its answer goes back there"""
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,15 @@ class Service:
     health_interval_s = 60.0
 
     def __init__(self, sctx: SecureContext, sock: zmq.Socket, handlers: dict[MsgType, Handler], name: str, *,
-                 validate: Callable[[str, Message], None] | None = None) -> None:
+                 validate: Callable[[str, Message], None] | None = None, bulk: zmq.Socket | None = None,
+                 bulk_handlers: dict[MsgType, Handler] | None = None) -> None:
         self.sctx, self.sock, self.handlers, self.name = sctx, sock, handlers, name
         self.validate = validate
+        self.bulk, self.bulk_handlers = bulk, bulk_handlers or {}  # sender "bulk": sealed chunks only
+        self._poller = zmq.Poller()
+        for s in (sock, bulk):
+            if s is not None:
+                self._poller.register(s, zmq.POLLIN)
         self._stop = False
         self.started = time.monotonic()
         self.counters = new_counters()
@@ -151,9 +160,12 @@ class Service:
         context termination): a failure is logged and counted and the next message is served."""
         got = False
         try:
-            got = bool(self.sock.poll(poll_ms, zmq.POLLIN))
-            if got:
+            ready = dict(self._poller.poll(poll_ms))
+            got = bool(ready)
+            if self.sock in ready:
                 self.handle_one()
+            if self.bulk is not None and self.bulk in ready:
+                self.handle_one(bulk=True)
             self.tick()
         except zmq.ContextTerminated:
             raise
@@ -162,29 +174,35 @@ class Service:
             event(self.log, "internal_error", logging.ERROR, exc_info=True, service=self.name, stage="loop")
         return got
 
+    def pending(self) -> bool:
+        """A request is waiting on one of the sockets."""
+        return bool(self._poller.poll(0))
+
     def close(self) -> None:
         self.sctx.close()
 
     def tick(self) -> None:
         """Called after every request and at least every 200 ms (group commit, timeouts of work in progress)."""
 
-    def handle_one(self) -> None:
+    def handle_one(self, *, bulk: bool = False) -> None:
         try:
-            routing_id, identity, msg = recv_authenticated(self.sock)
+            routing_id, identity, msg = recv_authenticated(self.bulk if bulk else self.sock,
+                                                           identity="bulk" if bulk else None)
         except WireError as exc:
             self.counters["bad_frames"] += 1
             event(self.log, "bad_frame", logging.WARNING, service=self.name,
                   identity=getattr(exc, "identity", "unknown"), error=exc)
             routing_id = getattr(exc, "routing_id", None)
-            self.send_reply(None if routing_id is None else ReplyTo(routing_id, None), exc)
+            self.send_reply(None if routing_id is None else ReplyTo(routing_id, None, bulk), exc)
             return
         rid = msg.meta.get("rid")  # echoed only when it is a short string
         self.serve_request(Request(identity, msg, ReplyTo(routing_id, rid if isinstance(rid, str) and len(rid) <= 64
-                                                          else None)))
+                                                          else None, bulk)))
 
     def serve_request(self, req: Request) -> None:
         """Validate and handle one request, then send its reply or typed error (None: answered later)."""
-        answer = dispatch(self.handlers, req, validate=self.validate, counters=self.counters, name=self.name)
+        handlers = self.bulk_handlers if req.reply_to.bulk else self.handlers
+        answer = dispatch(handlers, req, validate=self.validate, counters=self.counters, name=self.name)
         if answer is not None:
             self.send_reply(req.reply_to, answer)
 
@@ -197,5 +215,5 @@ class Service:
         else:
             self.counters["handled"] += 1
             mtype, meta, payloads = answer
-        self.sock.send_multipart([to.routing_id, *encode_message(mtype, {**meta, "rid": to.rid}, payloads)],
-                                 copy=False)
+        sock = self.bulk if to.bulk else self.sock
+        sock.send_multipart([to.routing_id, *encode_message(mtype, {**meta, "rid": to.rid}, payloads)], copy=False)

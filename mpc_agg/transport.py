@@ -1,10 +1,14 @@
-"""ZeroMQ transport: every socket is CURVE-encrypted and mutually authenticated.
+"""ZeroMQ transport: every control socket is CURVE-encrypted and mutually authenticated.
 
 Servers (party client endpoints, party peer endpoints, the dealer) accept only
 the CURVE public keys listed in the deployment for their ZAP domain; the
 authenticated key is mapped to an identity (``"client:ID"``, ``"coordinator"``,
 ``"party:I"``) that handlers read from the message's ``User-Id`` property, so
 no role can claim to be another one (RFC 27 ZAP, RFC 26 CurveZMQ).
+
+The one exception is a party's bulk endpoint (:meth:`SecureContext.bulk_server`): it
+carries only share chunks sealed with AES-GCM under per-upload keys handed out over
+CURVE (mpc_agg.bulk), and its sender identity is ``"bulk"``: whoever the key proves.
 """
 
 from __future__ import annotations
@@ -69,12 +73,30 @@ class SecureContext:
         s.zap_domain = domain.encode("ascii")
         s.setsockopt(zmq.MAXMSGSIZE, max_message)
         s.linger = 1000
+        return self._bind(s, endpoint)
+
+    def _bind(self, s: zmq.Socket, endpoint: str) -> zmq.Socket:
         self._sockets.append(s)
         try:
             s.bind(endpoint)
         except zmq.ZMQError as exc:
             hint = " (is another process already listening there?)" if exc.errno == zmq.EADDRINUSE else ""
             raise ConfigError(f"cannot listen on {endpoint}: {zmq.strerror(exc.errno)}{hint}") from None
+        return s
+
+    def bulk_server(self, endpoint: str, *, max_message: int) -> zmq.Socket:
+        """Bind a ROUTER without CURVE for sealed chunks (mpc_agg.bulk); nothing else is served there."""
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.MAXMSGSIZE, max_message)
+        s.linger = 1000
+        return self._bind(s, endpoint)
+
+    def bulk_client(self, endpoint: str) -> zmq.Socket:
+        """Connect a DEALER without CURVE to a party's bulk endpoint: only sealed chunks go there."""
+        s = self.ctx.socket(zmq.DEALER)
+        s.linger = 1000
+        s.connect(endpoint)
+        self._sockets.append(s)
         return s
 
     def client(
@@ -105,15 +127,18 @@ class SecureContext:
         self.close()
 
 
-def recv_authenticated(sock: zmq.Socket, *, max_payload: int | None = None) -> tuple[bytes, str, Message]:
+def recv_authenticated(sock: zmq.Socket, *, max_payload: int | None = None,
+                       identity: str | None = None) -> tuple[bytes, str, Message]:
     """Receive one message on a ROUTER: (routing id, authenticated identity, message).
 
-    Raises WireError for a malformed message (the routing id is attached as
-    ``exc.routing_id`` so the caller can answer it).
+    ``identity`` names the sender of a socket without CURVE (``"bulk"``); otherwise it is
+    the CURVE identity.  Raises WireError for a malformed message (the routing id is
+    attached as ``exc.routing_id`` so the caller can answer it).
     """
     frames = sock.recv_multipart(copy=False)
     rid = frames[0].bytes
-    identity = frames[-1].get("User-Id") if len(frames) > 1 else "unknown"
+    if identity is None:
+        identity = frames[-1].get("User-Id") if len(frames) > 1 else "unknown"
     try:
         kwargs = {} if max_payload is None else {"max_payload": max_payload}
         msg = decode_message(frames[1:], **kwargs)

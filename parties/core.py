@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from mpc_agg.bulk import TAG_BYTES, UploadSeal, new_key
 from mpc_agg.config import PartyConfig
 from mpc_agg.crypten_glue import import_crypten
 from mpc_agg.errors import AuthError, MpcAggError, RefusedError, RoundStateError, WireError
@@ -76,10 +77,10 @@ class PartyCore:
             MsgType.OPEN_ROUND: self.on_open,
             MsgType.REPORT: self.on_report,
             MsgType.REPORT_BEGIN: self.on_begin,
-            MsgType.REPORT_CHUNK: self.on_chunk,
             MsgType.CLOSE_ROUND: self.on_close,
             MsgType.STATUS: self.on_status,
         }
+        self.bulk_handlers: dict[MsgType, Callable[[Request], Reply | None]] = {MsgType.REPORT_CHUNK: self.on_chunk}
 
     # --- rounds ------------------------------------------------------------------------------
     def on_status(self, req: Request) -> Reply:
@@ -132,30 +133,39 @@ class PartyCore:
 
     def _start(self, st: HeldRound, up: Upload) -> Reply:
         up.writer = self.store.begin_report(st.dir, up.report, up.client, up.size)
-        return MsgType.OK, {"report_id": up.report, "chunk": self.chunk_values}, []
+        key = new_key()  # this upload's alone, sent over CURVE (mpc_agg.bulk)
+        up.seal = UploadSeal(key, st.spec.round_id, bytes.fromhex(up.report))
+        return MsgType.OK, {"report_id": up.report, "chunk": self.chunk_values, "key": key.hex()}, []
 
     def on_chunk(self, req: Request) -> Reply | None:
+        """A sealed chunk from the bulk endpoint.  Its sender is unauthenticated until the chunk opens
+        under the upload's key, so a refused chunk leaves the upload as it was (it times out if its
+        client stops)."""
         report_hex = req.meta["report_id"]
-        up = self.uploads.get(report_hex, req.identity.removeprefix("client:"))  # only clients (schema)
+        up = self.uploads.get(report_hex)
         if up is None:
-            raise RoundStateError("no upload of this report is in progress for this client")
+            raise RoundStateError("no upload of this report is in progress")
         st = self.table.rounds[up.round_id]
         count = min(self.chunk_values, st.spec.dim + 1 - up.received)
-        bits, chunk = st.spec.ring_bits, req.msg.payloads[0]  # 32-bit shares: kept as int64, log and sum
-        if req.meta["offset"] != up.received or chunk.nbytes != chunk_nbytes(bits, st.spec.dim, up.received, count):
-            self._abort(up, "bad chunk")
+        bits, sealed = st.spec.ring_bits, req.msg.payloads[0]  # 32-bit shares: kept as int64, log and sum
+        if req.meta["offset"] != up.received or sealed.nbytes != TAG_BYTES + chunk_nbytes(
+                bits, st.spec.dim, up.received, count):
             raise WireError(f"expected the chunk at {up.received} of {count} values")
+        chunk = up.seal.open_chunk(up.received, count, sealed)  # SealError: altered, moved or replayed
         values = widen_chunk(chunk, bits, st.spec.dim, up.received, count).data
         up.writer.write(values)
         RunningSum.add_chunk(st, up.received, values)
         self.uploads.progress(up, count, self.now())
-        if up.received < st.spec.dim + 1:
-            return MsgType.OK, {"report_id": report_hex, "next": up.received}, []
+        done = up.received == st.spec.dim + 1
+        ack = {"report_id": report_hex, "next": up.received, "done": done,
+               "tag": up.seal.ack_tag(up.received, done)}
+        if not done:
+            return MsgType.OK, ack, []
         stored = up.writer.commit(sync=False)
         self.uploads.finish(up)
         self.table.acknowledge(st, up.client, report_hex, stored)
         self.schedule()
-        self.commit.defer(st.dir, req.reply_to, {"report_id": report_hex, "done": True})
+        self.commit.defer(st.dir, req.reply_to, ack)
         return None
 
     def schedule(self) -> None:

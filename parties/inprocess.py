@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import PartyConfig
 from mpc_agg.errors import MpcAggError
 from mpc_agg.fixedpoint import decode_average, encode
@@ -80,11 +81,14 @@ class InProcess:
 
     def request(self, party: int, identity: str, mtype: MsgType, meta: dict[str, Any],
                 payloads: Sequence[Any] = ()) -> Answer | None:
-        """One request to ``party`` as ``identity``: its answer, or None when it is answered later."""
+        """One request to ``party`` as ``identity`` (``"bulk"``: on its bulk endpoint, where only sealed
+        chunks are served): its answer, or None when it is answered later."""
         msg = decode_message(encode_message(mtype, meta, payloads))
         self._n += 1
-        req = Request(identity, msg, ReplyTo(b"%d" % self._n, meta.get("rid")))
-        answer = dispatch(self.parties[party].handlers, req, validate=messages.validate_request,
+        bulk = identity == messages.BULK
+        req = Request(identity, msg, ReplyTo(b"%d" % self._n, meta.get("rid"), bulk))
+        core = self.parties[party]
+        answer = dispatch(core.bulk_handlers if bulk else core.handlers, req, validate=messages.validate_request,
                           counters=self.counters, name=f"party-{party}")
         if isinstance(answer, tuple):  # the reply as the requester checks it (its schema in REPLIES)
             messages.check_reply(mtype, decode_message(encode_message(answer[0], {**answer[1], "rid": None},
@@ -125,12 +129,14 @@ class InProcess:
                 answers.append(go)
                 continue
             ctx = ShareContext(spec.round_id, client, report_id)
+            seal = UploadSeal(bytes.fromhex(go[1]["key"]), spec.round_id, report_id)
             for start in range(0, ring.size, self.chunk_values):  # the round's wire layout (mpc_agg.ring)
                 part = ring[start:start + self.chunk_values]
                 share = (leader_chunk32(part, seeds, ctx, start=start, dim=spec.dim) if spec.ring_bits == 32
                          else leader_share(part, seeds, ctx, start=start))
                 chunk = messages.request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
-                last = self.request(0, who, MsgType.REPORT_CHUNK, chunk, [share.data])
+                last = self.request(0, messages.BULK, MsgType.REPORT_CHUNK, chunk,
+                                    [seal.seal_chunk(start, part.size, share.data)])
             answers.append(last or self.settle(0)[-1])
         return answers
 

@@ -4,7 +4,8 @@ Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Party 
 (the leader) receives each client's dense share in chunks; helpers receive a
 32-byte seed and expand it (mpc_agg.sharing).  The protocol itself (docs/PROTOCOL.md)
 lives in parties/core.py and its rooms; this module owns the sockets: the CURVE
-ROUTER that clients and the coordinator talk to, the party-to-party communicator
+ROUTER that clients and the coordinator talk to, the bulk endpoint for sealed share
+chunks (mpc_agg.bulk), the party-to-party communicator
 (CrypTen's, for the close), and the dealer connection.
 """
 
@@ -16,6 +17,7 @@ import time
 
 import zmq
 
+from mpc_agg.bulk import TAG_BYTES
 from mpc_agg.config import Deployment, read_secret_key
 from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deactivate
 from mpc_agg.messages import validate_request
@@ -64,9 +66,10 @@ class Party(Service):
         allowed = {c.public_key: f"client:{c.id}" for c in deployment.clients}
         allowed[deployment.coordinator_public_key] = "coordinator"
         sock = sctx.server(zmq.ROUTER, cfg.client_endpoint, public_key=cfg.public_key, secret_key=secret,
-                           domain="clients", allowed=allowed,
-                           max_message=8 * self.chunk_values + MAX_META_BYTES + (1 << 16))
+                           domain="clients", allowed=allowed, max_message=MAX_META_BYTES + (1 << 16))
         sock.rcvhwm = self.client_hwm
+        bulk = sctx.bulk_server(cfg.bulk_endpoint, max_message=8 * self.chunk_values + TAG_BYTES + (1 << 16))
+        bulk.rcvhwm = self.client_hwm
         transcript = os.environ.get("MPC_AGG_TRANSCRIPT")
         comm = ZmqCommunicator(
             sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
@@ -81,14 +84,15 @@ class Party(Service):
         self.core = PartyCore(cfg, party_id, len(deployment.parties), peers=ZmqPeers(comm, provider, peer_timeout_s),
                               outbox=self.send_reply, upload_limits=upload_limits)
         handlers = {**self.core.handlers, MsgType.STATUS: self._on_status}
-        super().__init__(sctx, sock, handlers, f"party-{party_id}", validate=validate_request)
+        super().__init__(sctx, sock, handlers, f"party-{party_id}", validate=validate_request, bulk=bulk,
+                         bulk_handlers=self.core.bulk_handlers)
 
     def _on_status(self, req: Request) -> Reply:
         mtype, meta, payloads = self.core.on_status(req)
         return mtype, {**meta, **self.health()}, payloads
 
     def tick(self) -> None:
-        self.core.tick(idle=not self.sock.poll(0, zmq.POLLIN))
+        self.core.tick(idle=not self.pending())
 
     def close(self) -> None:
         self.core.sync_and_ack()

@@ -60,6 +60,7 @@ class Upload:
     expires: float
     received: int = 0  # values received so far
     writer: Any = None  # the party's ReportWriter
+    seal: Any = None  # its mpc_agg.bulk.UploadSeal
 
 
 @dataclass
@@ -104,9 +105,9 @@ class UploadScheduler(Generic[T]):
         self.active[report] = up
         return up
 
-    def get(self, report: str, client: str) -> Upload | None:
-        up = self.active.get(report)
-        return up if up is not None and up.client == client else None
+    def get(self, report: str) -> Upload | None:
+        """The active upload of ``report`` (its chunks' sender is proven by the upload key, not here)."""
+        return self.active.get(report)
 
     def progress(self, up: Upload, values: int, now: float) -> None:
         up.received += values

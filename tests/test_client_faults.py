@@ -6,26 +6,22 @@ go on in the other slots meanwhile."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import select
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from fl_client import SecureAggClient
-from mpc_agg.config import read_secret_key
 from mpc_agg.errors import AggregationTimeout, RoundStateError
 from mpc_agg.logs import parse
-from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MsgType
+from mpc_agg.transport import SecureContext
 from parties import Coordinator
 from parties.launcher import LocalDeployment
 from parties.party import Party
+from rawupload import RawUpload
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,10 +73,10 @@ def test_cut_mid_frame_leaves_no_half_report_and_cohort_stays_consistent(tmp_pat
     with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
         dep = ld.deployment
         leader = dep.party(0)
-        host, port = leader.client_endpoint.removeprefix("tcp://").rsplit(":", 1)
+        host, port = leader.bulk_endpoint.removeprefix("tcp://").rsplit(":", 1)  # where the chunks go
         proxy = CuttingProxy((host, int(port)), cut_after=8 * Party.chunk_values + 200_000)
         via_proxy = dataclasses.replace(dep, parties=(
-            dataclasses.replace(leader, client_endpoint=f"tcp://127.0.0.1:{proxy.port}"), *dep.parties[1:]))
+            dataclasses.replace(leader, bulk_endpoint=f"tcp://127.0.0.1:{proxy.port}"), *dep.parties[1:]))
         with Coordinator(dep) as coord:
             coord.open_round(1, shapes={"w": (dim,)}, min_clients=3)
             with SecureAggClient(via_proxy, "client-0", timeout_s=5) as c:
@@ -112,21 +108,12 @@ def test_close_during_an_upload_leaves_the_partial_report_out(tmp_path: Path) ->
             for i in range(3):
                 with SecureAggClient(dep, f"client-{i}") as c:
                     c.submit(1, {"w": np.full(dim, float(i + 1))})
-            c3, leader = dep.client("client-3"), dep.party(0)
             with SecureContext() as sctx:  # client-3 sends the first of its two chunks, then stalls
-                req = Requester(sctx.client(zmq.DEALER, leader.client_endpoint, public_key=c3.public_key,
-                                            secret_key=read_secret_key(c3.private_key_file, "c3"),
-                                            server_key=leader.public_key))
-                report = os.urandom(16).hex()
-                meta = {"round": 1, "client": "client-3", "report_id": report, "spec_digest": spec.digest(),
-                        "deadline": time.time() + 60}
-                req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0")
-                junk = np.full(Party.chunk_values, 1 << 40, dtype=np.int64)
-                req.request(MsgType.REPORT_CHUNK, {"report_id": report, "offset": 0}, [junk.data], timeout_s=10,
-                            what="party 0")
+                up = RawUpload(sctx, dep, 0, "client-3", spec)
+                up.begin()
+                up.chunk(0, np.full(Party.chunk_values, 1 << 40, dtype=np.int64))
                 res = coord.close_round(1, timeout_s=60)
                 with pytest.raises(RoundStateError):  # that upload ended with the close
-                    req.request(MsgType.REPORT_CHUNK, {"report_id": report, "offset": Party.chunk_values},
-                                [np.zeros(1001, dtype=np.int64).data], timeout_s=10, what="party 0")
+                    up.chunk(Party.chunk_values, np.zeros(1001, dtype=np.int64))
     assert res.clients == ("client-0", "client-1", "client-2")
     assert np.allclose(res.average["w"].numpy(), 2.0)  # nothing of client-3's first chunk in the sum

@@ -16,24 +16,32 @@ import pytest
 import zmq
 
 from fl_client import SecureAggClient
+from mpc_agg.bulk import TAG_BYTES
 from mpc_agg.config import read_secret_key
 from mpc_agg.transport import SecureContext
 from mpc_agg.wire import HEADER, MAGIC, PROTOCOL_VERSION, MsgType, decode_message, encode_message
 from parties import Coordinator
 from parties.launcher import LocalDeployment
+from rawupload import RawUpload
 
 pytestmark = pytest.mark.timeout(300)
 FRAMES = int(os.environ.get("MPC_AGG_FUZZ_FRAMES", "3000"))
 
 
-def _malformed(rng: random.Random, digest: str, rid: str) -> list[bytes]:
-    """One hostile message: a mutation of a valid REPORT/GET_SPEC/OPEN/CLOSE, or noise."""
+def _malformed(rng: random.Random, digest: str, rid: str, active: str | None = None) -> list[bytes]:
+    """One hostile message: a mutation of a valid REPORT/GET_SPEC/OPEN/CLOSE/REPORT_CHUNK, or noise;
+    ``active``: the id of an upload in progress, whose chunks are forged too."""
     meta = {"round": 1, "client": "client-0", "report_id": os.urandom(16).hex(), "spec_digest": digest, "rid": rid}
-    kind = rng.randrange(14)
+    kind = rng.randrange(15 if active else 14)
+    if kind == 14:  # a forged chunk of the upload in progress: the right size, not sealed under its key
+        return encode_message(MsgType.REPORT_CHUNK, {"rid": rid, "report_id": active, "offset": 0},
+                              [os.urandom(9 * 8 + TAG_BYTES)])
     if kind == 0:
         return [os.urandom(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 4))]
     if kind == 1:  # wrong version / magic / flags / type
-        v, m, f, t = rng.choice([(2, MAGIC, 0, 6), (1, b"XXXX", 0, 6), (1, MAGIC, 1, 6), (1, MAGIC, 0, 99)])
+        v, m, f, t = rng.choice([(PROTOCOL_VERSION + 1, MAGIC, 0, 6), (PROTOCOL_VERSION - 1, MAGIC, 0, 6),
+                                 (PROTOCOL_VERSION, b"XXXX", 0, 6), (PROTOCOL_VERSION, MAGIC, 1, 6),
+                                 (PROTOCOL_VERSION, MAGIC, 0, 99)])
         body = json.dumps(meta).encode()
         return [HEADER.pack(m, v, t, f, len(body), 0), body]
     if kind == 2:  # lengths that lie
@@ -74,9 +82,11 @@ def _malformed(rng: random.Random, digest: str, rid: str) -> list[bytes]:
     return encode_message(MsgType.REPORT, dict(meta, spec_digest="0" * 64), [os.urandom(32)])
 
 
-@pytest.mark.parametrize("party", [0, 1], ids=["leader", "helper"])
-def test_party_survives_malformed_frames(tmp_path, party: int) -> None:  # type: ignore[no-untyped-def]
-    rng = random.Random(2026 + party)
+@pytest.mark.parametrize("party,bulk", [(0, False), (1, False), (0, True)], ids=["leader", "helper", "bulk"])
+def test_party_survives_malformed_frames(tmp_path, party: int, bulk: bool) -> None:  # type: ignore[no-untyped-def]
+    """At the CURVE endpoint as an authenticated client, or at the leader's bulk endpoint as anyone, while
+    client-0's upload is in progress there: its chunk, sent after them, is still taken."""
+    rng = random.Random(2026 + party + 7 * bulk)
     with LocalDeployment(tmp_path / "dep", parties=3, clients=4, min_clients=3, dealer=False) as ld:
         with Coordinator.from_config(ld.config) as coord:
             spec = coord.open_round(1, shapes={"w": (8,)}, min_clients=3)
@@ -85,29 +95,36 @@ def test_party_survives_malformed_frames(tmp_path, party: int) -> None:  # type:
             rss0 = psutil.Process(pid).memory_info().rss
             c = ld.deployment.client("client-0")
             with SecureContext() as sctx:
-                sock = sctx.client(zmq.DEALER, target.client_endpoint, public_key=c.public_key,
-                                   secret_key=read_secret_key(c.private_key_file, "c"), server_key=target.public_key)
+                up = RawUpload(sctx, ld.deployment, 0, "client-0", spec)
+                up.begin()
+                sock = sctx.bulk_client(target.bulk_endpoint) if bulk else sctx.client(
+                    zmq.DEALER, target.client_endpoint, public_key=c.public_key,
+                    secret_key=read_secret_key(c.private_key_file, "c"), server_key=target.public_key)
                 codes: dict[str, int] = {}
                 sent = 0
                 for batch in range(0, FRAMES, 500):  # bounded pipelining
                     n = min(500, FRAMES - batch)
                     for i in range(n):
-                        sock.send_multipart(_malformed(rng, spec.digest(), f"{batch + i:016x}"))
+                        sock.send_multipart(_malformed(rng, spec.digest(), f"{batch + i:016x}", up.report))
                     sent += n
                     for _ in range(n):
                         assert sock.poll(30_000), "the party stopped answering"
                         reply = decode_message(sock.recv_multipart())
                         assert reply.type == MsgType.ERROR, reply
                         codes[reply.meta["code"]] = codes.get(reply.meta["code"], 0) + 1
+                if party == 0:  # client-0's own chunk, after all that: its report counts
+                    assert up.chunk(0, np.zeros(9, dtype=np.int64)).meta["done"]
             assert sum(codes.values()) == sent == FRAMES
-            assert codes.get("wire", 0) > FRAMES // 3 and "auth" in codes and "error" not in codes
+            assert codes.get("wire", 0) > FRAMES // 3 and "error" not in codes
+            assert ("seal" in codes and "auth" not in codes) if bulk else "auth" in codes
             assert ld.alive()[f"party-{party}"]
             assert psutil.Process(pid).memory_info().rss - rss0 < 64 * 2**20  # memory bounded
             for i in range(3):  # and the round still works
                 with SecureAggClient.from_config(ld.config, f"client-{i + 1}") as cl:
                     cl.submit(1, {"w": np.full(8, 0.5)})
             res = coord.close_round(1, timeout_s=60)
-    assert np.allclose(res.average["w"].numpy(), 0.5)
+    assert np.allclose(res.average["w"].numpy(), 0.5)  # client-0's zeros were never at the helpers'
+    assert res.clients == ("client-1", "client-2", "client-3")
 
 
 def _zmtp_greeting(mechanism: bytes) -> bytes:
@@ -128,8 +145,8 @@ def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
 
 
 def test_raw_tcp_junk_at_every_endpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Bytes that are not even ZMTP, or ZMTP without the CURVE handshake, at every party's client and peer
-    endpoints and at the dealer: the connection is dropped, every process stays up, the next round works."""
+    """Bytes that are not even ZMTP, or ZMTP without the CURVE handshake, at every party's client, peer and
+    bulk endpoints and at the dealer: the connection is dropped, every process stays up, the next round works."""
     rng = random.Random(7)
     with LocalDeployment(tmp_path / "dep", parties=3, clients=3, min_clients=3, dealer=True) as ld:
         dep = ld.deployment
@@ -137,7 +154,7 @@ def test_raw_tcp_junk_at_every_endpoint(tmp_path) -> None:  # type: ignore[no-un
             coord.status(timeout_s=60)  # every party serves
             pids = {name: p.pid for name, p in ld.procs.items()}
             rss0 = {name: psutil.Process(pid).memory_info().rss for name, pid in pids.items()}
-            endpoints = [p.client_endpoint for p in dep.parties] + [p.peer_endpoint for p in dep.parties]
+            endpoints = [e for p in dep.parties for e in (p.client_endpoint, p.peer_endpoint, p.bulk_endpoint)]
             endpoints.append(str(dep.dealer_endpoint))
             junks = [os.urandom(64), _zmtp_greeting(b"NULL") + os.urandom(200), _zmtp_greeting(b"PLAIN"),
                      _zmtp_greeting(b"CURVE") + b"\x04\xff" + os.urandom(8) + os.urandom(1000),

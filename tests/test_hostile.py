@@ -21,16 +21,17 @@ import zmq
 from fl_client import SecureAggClient
 from fl_client.client import clip_to_norm, flatten_update
 from mpc_agg.config import read_secret_key
-from mpc_agg.errors import ConfigError, EncodingError
+from mpc_agg.errors import ConfigError, EncodingError, SealError, WireError
 from mpc_agg.fixedpoint import encode
 from mpc_agg.logs import parse
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore
-from mpc_agg.transport import Requester, SecureContext
+from mpc_agg.transport import SecureContext
 from mpc_agg.wire import HEADER, MAGIC, PROTOCOL_VERSION, MsgType, decode_message, encode_message
 from parties import Coordinator
 from parties.launcher import LocalDeployment
 from parties.party import Party
+from rawupload import RawUpload
 
 pytestmark = pytest.mark.timeout(240)
 SHAPES = {"w": (20,)}
@@ -167,23 +168,27 @@ def test_a_bad_weight_is_rejected_before_the_reveal(ld: LocalDeployment, round_i
 
 
 def test_flood_of_payload_carrying_begins_keeps_the_leader_small(ld: LocalDeployment, round_id: int) -> None:
+    """40 REPORT_BEGINs carrying 8 MiB each: past the CURVE endpoint's message cap, so libzmq drops the
+    connection unread; 40 carrying 512 KiB (under the cap) are refused by the schema.  The leader stays small."""
     with Coordinator.from_config(ld.config) as coord:
         spec = coord.open_round(round_id, shapes=SHAPES, min_clients=3)
     proc = psutil.Process(ld.procs["party-0"].pid)
     rss0 = proc.memory_info().rss
-    blob = os.urandom(8 << 20)
-    with SecureContext() as sctx:
-        socks = [_socket(ld, sctx, 0, f"client-{6 + j}") for j in range(4)]
-        for k in range(40):
-            meta = {"round": round_id, "client": f"client-{6 + k % 4}", "report_id": os.urandom(16).hex(),
-                    "spec_digest": spec.digest(), "deadline": time.time() + 3600}
-            socks[k % 4].send_multipart(encode_message(MsgType.REPORT_BEGIN, meta, [blob]))
-        for k in range(40):
-            assert socks[k % 4].poll(30_000)
-            assert "payload" in decode_message(socks[k % 4].recv_multipart()).meta["message"]
+    for size, answered in ((8 << 20, False), (512 << 10, True)):
+        blob = os.urandom(size)
+        with SecureContext() as sctx:
+            socks = [_socket(ld, sctx, 0, f"client-{6 + j}") for j in range(4)]
+            for k in range(40):
+                meta = {"round": round_id, "client": f"client-{6 + k % 4}", "report_id": os.urandom(16).hex(),
+                        "spec_digest": spec.digest(), "deadline": time.time() + 3600}
+                socks[k % 4].send_multipart(encode_message(MsgType.REPORT_BEGIN, meta, [blob]))
+            for k in range(40 if answered else 4):
+                assert socks[k % 4].poll(30_000 if answered else 2_000) == answered
+                if answered:
+                    assert "payload" in decode_message(socks[k % 4].recv_multipart()).meta["message"]
     time.sleep(1.0)
     grown = proc.memory_info().rss - rss0
-    assert grown < 48 << 20, f"leader RSS grew by {grown >> 20} MiB after 320 MiB of refused payloads"
+    assert grown < 48 << 20, f"leader RSS grew by {grown >> 20} MiB after 340 MiB of refused payloads"
     _honest_round(ld, round_id + 1000)
 
 
@@ -200,22 +205,16 @@ def test_stalling_and_dripping_clients_cannot_starve_honest_ones(ld: LocalDeploy
     with Coordinator.from_config(ld.config) as coord:
         spec = coord.open_round(round_id, shapes={"w": (dim,)}, min_clients=3)
         with SecureContext() as sctx:
-            reqs = {c: Requester(_socket(ld, sctx, 0, c)) for c in ("client-7", "client-8", "client-9")}
-            reports = {}
-            for c, req in reqs.items():
-                reports[c] = os.urandom(16).hex()
-                meta = {"round": round_id, "client": c, "report_id": reports[c], "spec_digest": spec.digest(),
-                        "deadline": time.time() + 3600}
-                assert req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="leader").meta["chunk"]
+            ups = {c: RawUpload(sctx, ld.deployment, 0, c, spec) for c in ("client-7", "client-8", "client-9")}
+            for up in ups.values():
+                assert up.begin(deadline_s=3600).meta["chunk"]
 
             def drip() -> None:
                 junk = np.full(Party.chunk_values, 1 << 40, dtype=np.int64)
                 for k in range(2):  # two of the three chunks, 4 s apart, then silence
                     if stop.wait(4.0):
                         return
-                    reqs["client-9"].request(MsgType.REPORT_CHUNK, {"report_id": reports["client-9"],
-                                                                    "offset": k * Party.chunk_values},
-                                             [junk.data], timeout_s=10, what="leader")
+                    ups["client-9"].chunk(k * Party.chunk_values, junk)
             dripper = threading.Thread(target=drip, daemon=True)
             dripper.start()
             t0 = time.monotonic()
@@ -233,3 +232,33 @@ def test_stalling_and_dripping_clients_cannot_starve_honest_ones(ld: LocalDeploy
     assert all("no chunk" in a["reason"] for c in ("client-7", "client-8") for a in _aborted(ld, c))
     assert res.clients == ("client-0", "client-1", "client-2")
     assert np.allclose(res.average["w"].numpy(), 1.0)  # nothing of the dripped chunks in the sum
+
+
+def test_sealed_chunks_reordered_replayed_or_altered_are_refused(ld: LocalDeployment, round_id: int) -> None:
+    """At the leader's bulk endpoint (mpc_agg.bulk): a chunk sealed for another offset, replayed into another
+    client's upload, altered, or sent again is refused; the round closes with the honest reports exactly."""
+    dim = 2 * Party.chunk_values - 1  # with the weight: two chunks of the same size
+    with Coordinator.from_config(ld.config) as coord:
+        spec = coord.open_round(round_id, shapes={"w": (dim,)}, min_clients=3)
+        with SecureContext() as sctx:
+            a, b = (RawUpload(sctx, ld.deployment, 0, c, spec) for c in ("client-5", "client-6"))
+            a.begin(), b.begin()
+            junk = np.full(Party.chunk_values, 1 << 40, dtype=np.int64)
+            first, second = a.sealed(0, junk), a.sealed(Party.chunk_values, junk)
+            altered = bytearray(first)
+            altered[100] ^= 1
+            for payload, report in ((second, a.report), (first, b.report), (bytes(altered), a.report)):
+                with pytest.raises(SealError):  # reordered; replayed into b's upload; altered
+                    a.send(0, payload, report_id=report)
+            ack = a.send(0, first)  # the chunk itself is still taken: refusals change nothing
+            assert ack.meta["next"] == Party.chunk_values and not ack.meta["done"]
+            with pytest.raises(WireError):  # and only once
+                a.send(0, first)
+            for i in range(3):
+                with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
+                    c.submit(round_id, {"w": np.full(dim, 0.5 * i)})
+            res = coord.close_round(round_id, timeout_s=60)
+    assert res.clients == ("client-0", "client-1", "client-2")
+    assert np.allclose(res.average["w"].numpy(), 0.5)  # nothing of client-5's first chunk in the sum
+    assert [x["reason"] for x in _aborted(ld, "client-5") + _aborted(ld, "client-6")][-2:] == \
+        [f"round {round_id} is closing"] * 2

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mpc_agg.errors import WireError
 from mpc_agg.errors import AuthError
-from mpc_agg.messages import CLIENT, COORDINATOR, MAX_ID_CHARS, REQUESTS, validate_request
+from mpc_agg.messages import BULK, CLIENT, COORDINATOR, MAX_ID_CHARS, REQUESTS, validate_request
 from mpc_agg.wire import (HEADER, MAGIC, MAX_DEPTH, MAX_INT_DIGITS, PROTOCOL_VERSION, SMALL_META_BYTES, Message,
                           MsgType, decode_message, encode_message, loads_bounded, meta_limit)
 
@@ -113,7 +113,10 @@ def test_queued_requests_have_a_small_metadata_cap() -> None:
 
 def _who(mtype: MsgType) -> str:
     senders = REQUESTS[mtype].senders
-    return "client:client-0" if CLIENT in senders else "coordinator" if COORDINATOR in senders else "party:1"
+    for role, identity in ((CLIENT, "client:client-0"), (COORDINATOR, "coordinator"), (BULK, BULK)):
+        if role in senders:
+            return identity
+    return "party:1"
 
 
 def _valid(mtype: MsgType) -> Message:
@@ -173,7 +176,7 @@ def test_missing_and_unknown_fields(mtype: MsgType) -> None:
 
 @pytest.mark.parametrize("mtype", sorted(REQUESTS))
 def test_roles_are_checked_before_fields(mtype: MsgType) -> None:
-    for who in ("client:client-0", "coordinator", "party:1", "unknown"):
+    for who in ("client:client-0", "coordinator", "party:1", BULK, "unknown"):
         if who.split(":")[0] in REQUESTS[mtype].senders:
             validate_request(who, _valid(mtype))
         else:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mpc_agg.bulk import TAG_BYTES, UploadSeal
 from mpc_agg.errors import MpcAggError
 from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import MsgType
@@ -39,6 +40,13 @@ def updates(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.normal(size=DIM) for _ in range(n)]
 
 
+def sealed(go: Answer | None, spec: RoundSpec, report_hex: str, start: int, values: np.ndarray) -> list[bytes]:
+    """``values`` (int64) as the chunk at ``start`` of the upload that ``go`` (REPORT_BEGIN's OK) admitted."""
+    assert isinstance(go, tuple) and go[0] == MsgType.OK, go
+    seal = UploadSeal(bytes.fromhex(go[1]["key"]), spec.round_id, bytes.fromhex(report_hex))
+    return [seal.seal_chunk(start, values.size, values.data)]
+
+
 def in_state(root: Path, phase: Phase) -> tuple[InProcess, RoundSpec]:
     """Three parties holding round 1 in ``phase`` (open/revealed rounds hold two reports)."""
     ip, spec = InProcess(root), spec_for()
@@ -60,7 +68,7 @@ def request_for(mtype: MsgType, spec: RoundSpec) -> tuple[str, dict[str, Any], l
         MsgType.OPEN_ROUND: ("coordinator", {"spec": spec.to_json()}, []),
         MsgType.REPORT: ("client:new", report, [bytes(32)]),
         MsgType.REPORT_BEGIN: ("client:new", {**report, "deadline": time.time() + 30}, []),
-        MsgType.REPORT_CHUNK: ("client:new", {"report_id": HEX, "offset": 0}, [bytes(64)]),
+        MsgType.REPORT_CHUNK: ("bulk", {"report_id": HEX, "offset": 0}, [bytes(64 + TAG_BYTES)]),
     }.get(mtype, ("coordinator", {"round": 1}, []))
 
 
@@ -168,11 +176,11 @@ def test_queued_upload_is_answered_when_a_slot_frees(tmp_path: Path) -> None:
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
     first = {**report, "client": "c0", "report_id": "01" * 16}
     second = {**report, "client": "c1", "report_id": "02" * 16}
-    assert outcome(ip.request(0, "client:c0", MsgType.REPORT_BEGIN, first)) == "OK"
+    go = ip.request(0, "client:c0", MsgType.REPORT_BEGIN, first)
     assert outcome(ip.request(0, "client:c1", MsgType.REPORT_BEGIN, second)) == "later"
     for start in range(0, DIM + 1, 8):
-        ip.request(0, "client:c0", MsgType.REPORT_CHUNK, {"report_id": first["report_id"], "offset": start},
-                   [bytes(8 * min(8, DIM + 1 - start))])
+        ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": first["report_id"], "offset": start},
+                   sealed(go, spec, first["report_id"], start, np.zeros(min(8, DIM + 1 - start), "<i8")))
     later = ip.settle(0)  # c0's acknowledgement after the fsync, and c1's slot
     assert sorted(outcome(a) for a in later) == ["OK", "OK"]
     assert any(a[1].get("chunk") == 8 for a in later if isinstance(a, tuple))
@@ -185,8 +193,10 @@ def test_a_crash_loses_nothing_acknowledged_and_no_partial_upload(tmp_path: Path
     for j, u in enumerate(ups):
         ip.submit(f"c{j}", spec, u)
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
-    assert outcome(ip.request(0, "client:new", MsgType.REPORT_BEGIN, report)) == "OK"
-    ip.request(0, "client:new", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": 0}, [np.ones(8, "<i8").data])
+    go = ip.request(0, "client:new", MsgType.REPORT_BEGIN, report)
+    first = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": 0},
+                       sealed(go, spec, HEX, 0, np.ones(8, "<i8")))
+    assert outcome(first) == "OK" and first[1]["next"] == 8
     for i in range(3):  # every party crashes and restarts from its state directory
         ip.restart(i)
     assert [p.table.summary()["1"]["reports"] for p in ip.parties] == [3, 3, 3]
@@ -195,3 +205,38 @@ def test_a_crash_loses_nothing_acknowledged_and_no_partial_upload(tmp_path: Path
     ip.restart(2)  # and after the reveal: the round stays revealed, its id is never reused
     assert ip.parties[2].table.phase(1) is Phase.REVEALED
     assert outcome(ip.open(spec)[2]) == "already_revealed"
+
+
+def test_sealed_chunks_reordered_replayed_or_altered_are_refused(tmp_path: Path) -> None:
+    """mpc_agg.bulk: a chunk opens only at its own offset of its own upload, unaltered; a refused chunk
+    leaves the upload as it was, and the round closes with the honest reports exactly."""
+    ip, spec = InProcess(tmp_path), spec_for()
+    ip.open(spec)
+    ups = updates(2)
+    _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
+    a, b = {**report, "client": "a", "report_id": "0a" * 16}, {**report, "client": "b", "report_id": "0b" * 16}
+    go_a, go_b = ip.request(0, "client:a", MsgType.REPORT_BEGIN, a), ip.request(0, "client:b", MsgType.REPORT_BEGIN, b)
+    first, second = np.full(8, 1 << 40, dtype="<i8"), np.full(8, 1 << 41, dtype="<i8")
+    a0, a8 = sealed(go_a, spec, a["report_id"], 0, first), sealed(go_a, spec, a["report_id"], 8, second)
+
+    def chunk(report_id: str, offset: int, payload: list[bytes]) -> Answer | None:
+        return ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": report_id, "offset": offset}, payload)
+    altered = bytearray(a0[0])
+    altered[3] ^= 1
+    assert outcome(chunk(a["report_id"], 0, [bytes(altered)])) == "seal"
+    assert outcome(chunk(a["report_id"], 0, a8)) == "seal"  # the second chunk sent first (reordered)
+    assert outcome(chunk(b["report_id"], 0, a0)) == "seal"  # a's chunk replayed into b's upload
+    assert outcome(chunk(a["report_id"], 8, a8)) == "wire"  # not the offset the party expects next
+    assert outcome(ip.request(0, "client:a", MsgType.REPORT_CHUNK, {"report_id": a["report_id"], "offset": 0},
+                              a0)) == "wire"  # chunks are served on the bulk endpoint only
+    assert outcome(ip.request(0, "bulk", MsgType.REPORT_BEGIN, {**a, "deadline": time.time() + 30})) == "wire"
+    assert ip.parties[0].uploads.get(a["report_id"]).received == 0  # nothing of it was taken
+    ok = chunk(a["report_id"], 0, a0)
+    assert outcome(ok) == "OK" and ok[1]["next"] == 8
+    UploadSeal(bytes.fromhex(go_a[1]["key"]), 1, bytes.fromhex(a["report_id"])).check_ack(8, False, ok[1]["tag"])
+    assert outcome(chunk(a["report_id"], 0, a0)) == "wire"  # replayed at its own offset, once taken
+    for j, u in enumerate(ups):
+        ip.submit(f"c{j}", spec, u)
+    answers = ip.close(1)  # a's and b's unfinished uploads are cut off and taken back out of the sum
+    np.testing.assert_allclose(InProcess.average(spec, answers), sum(ups) / 2, atol=1e-6)
+    assert sorted(answers[0][1]["clients"]) == ["c0", "c1"]

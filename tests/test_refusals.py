@@ -20,6 +20,7 @@ from mpc_agg.errors import (
     DuplicateReportError,
     RefusedError,
     RoundStateError,
+    SealError,
     SpecMismatchError,
     WireError,
 )
@@ -28,6 +29,7 @@ from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
 from parties import Coordinator
 from parties.launcher import LocalDeployment
+from rawupload import RawUpload
 
 pytestmark = pytest.mark.timeout(180)
 SHAPES = {"w": (20,)}
@@ -126,25 +128,17 @@ def test_report_for_another_round_never_mixes(dep3: LocalDeployment, round_id: i
     with Coordinator.from_config(dep3.config) as coord:
         coord.open_round(round_id, shapes=SHAPES, min_clients=3)
         coord.open_round(round_id + 500, shapes=SHAPES, min_clients=3)
-        c = dep3.deployment.client("client-4")
         other = RoundSpec.create(round_id + 500, SHAPES, min_clients=3, parties=3)
-        req = _raw(dep3, 0, c.public_key, c.private_key_file)
-        try:
-            meta = {"round": round_id, "client": "client-4", "report_id": os.urandom(16).hex(),
-                    "spec_digest": other.digest(), "deadline": time.time() + 30}
-            with pytest.raises(SpecMismatchError):
-                req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0")
-            meta = {**meta, "spec_digest": RoundSpec.create(round_id, SHAPES, min_clients=3, parties=3).digest()}
-            assert req.request(MsgType.REPORT_BEGIN, meta, timeout_s=10, what="party 0").meta["chunk"] > 21
-            chunk = {"report_id": meta["report_id"], "offset": 0}
+        with SecureContext() as sctx:
+            up = RawUpload(sctx, dep3.deployment, 0, "client-4", other)
+            with pytest.raises(SpecMismatchError):  # a digest of another round's spec
+                up.begin(round=round_id)
+            up.spec = RoundSpec.create(round_id, SHAPES, min_clients=3, parties=3)
+            assert up.begin().meta["chunk"] > 21
             with pytest.raises(WireError):  # wrong payload length for this round
-                req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(5, dtype=np.int64).data], timeout_s=10,
-                            what="party 0")
-            with pytest.raises(RoundStateError):  # the bad chunk ended that upload
-                req.request(MsgType.REPORT_CHUNK, chunk, [np.zeros(21, dtype=np.int64).data], timeout_s=10,
-                            what="party 0")
-        finally:
-            req.sctx.close()  # type: ignore[attr-defined]
+                up.send(0, up.sealed(0, np.zeros(5, dtype=np.int64)))
+            with pytest.raises(SealError):  # the right length, sealed for another offset
+                up.send(0, up.sealed(8, np.zeros(21, dtype=np.int64)))
         _submit(dep3, round_id, range(3), value=2.0)
         _submit(dep3, round_id + 500, range(3), value=-1.0)
         a = coord.close_round(round_id, timeout_s=30)

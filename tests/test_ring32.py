@@ -15,6 +15,7 @@ import zmq
 from fl_client import SecureAggClient
 from fl_client.client import clip_to_norm
 from mpc_agg import ring
+from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import read_secret_key
 from mpc_agg.errors import ConfigError, RangeError, RingSizeError, WireError
 from mpc_agg.fixedpoint import decode_average, encode
@@ -243,16 +244,20 @@ def test_party_state_machine_in_a_32_bit_round(tmp_path: Path) -> None:
     for i in range(3):  # recovery: the leader's log holds int64 (widened) shares, the helpers' seeds
         ip.restart(i)
     junk = np.full(8, 1 << 30, "<i4").data
-    for rid, second in (("cd", [np.ones(8, "<i8").data]), ("ce", None)):
+    for rid, second in (("cd", np.ones(8, "<i8").data), ("ce", None)):
         begin = {"round": 1, "client": f"cut-{rid}", "report_id": rid * 16, "spec_digest": spec.digest(),
                  "deadline": 2e9}
-        assert isinstance(ip.request(0, f"client:cut-{rid}", MsgType.REPORT_BEGIN, begin), tuple)
-        ip.request(0, f"client:cut-{rid}", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 0}, [junk])
-        if second is not None:  # 64-bit bytes in a 32-bit round: refused, the upload aborted
-            bad = ip.request(0, f"client:cut-{rid}", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 8},
-                             second)
+        go = ip.request(0, f"client:cut-{rid}", MsgType.REPORT_BEGIN, begin)
+        assert isinstance(go, tuple)
+        seal = UploadSeal(bytes.fromhex(go[1]["key"]), 1, bytes.fromhex(rid * 16))
+        taken = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 0},
+                           [seal.seal_chunk(0, 8, junk)])
+        assert isinstance(taken, tuple)  # in the running sum now
+        if second is not None:  # 64-bit bytes in a 32-bit round: refused
+            bad = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 8},
+                             [seal.seal_chunk(8, 8, second)])
             assert isinstance(bad, WireError)
-    answers = ip.close(1)  # the "ce" upload is still running: dropped by the close
+    answers = ip.close(1)  # both uploads are still running: dropped by the close, their chunks taken back out
     assert all(sorted(a[1]["clients"]) == ["c0", "c1", "c2"] for a in answers)  # type: ignore[index]
     assert all(sum(memoryview(f).nbytes for f in a[2]) == 4 * d + 8 for a in answers)  # type: ignore[index]
     want = np.average(np.stack(ups), axis=0, weights=weights)

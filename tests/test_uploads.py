@@ -38,7 +38,7 @@ def test_queue_is_bounded_and_fifo() -> None:
         assert _offer(s, c, 0.0) is None
     with pytest.raises(RoundStateError, match="queue is full"):
         _offer(s, "f", 0.0)
-    s.finish(s.get("r-a", "a"))
+    s.finish(s.get("r-a"))
     admitted, gone = s.admit(1.0)
     assert [q.client for q, _ in admitted] == ["c"] and not gone
 
@@ -62,7 +62,7 @@ def test_idle_and_slow_uploads_release_their_slots() -> None:
     dripped = []
     while now < 100:  # the dripper sends one 1 MiB chunk every 4.9 s: never idle, far below the rate
         now += 4.9
-        if s.get("r-drip", "drip") is not None:
+        if s.get("r-drip") is not None:
             s.progress(drip, MB // 8, now)
             dripped.append(now)
         for up, why in s.expired(now):
