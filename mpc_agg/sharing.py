@@ -2,7 +2,7 @@
 
 For k parties, helper j = 1..k-1 receives a fresh 32-byte seed from ``os.urandom``;
 its share is the AES-128-CTR keystream under a key derived from that seed with
-HKDF-SHA256 (RFC 5869), domain-separated by protocol version, round, client,
+HKDF-SHA256 (RFC 5869), domain-separated by derivation version, round, client,
 report id and party index, read as little-endian int64 (int32 for the update
 coordinates of a 32-bit round; its weight coordinate ``d`` is keystream int64 element
 ``d``, bytes 8d..8d+8, past the 4d bytes of the coordinates, as in a 64-bit round).
@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import EncodingError
-from .wire import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from .spec import RoundSpec
@@ -38,6 +37,8 @@ __all__ = ["SEED_BYTES", "ShareContext", "dense_party", "seed_parties", "expand_
            "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
+SHARE_DERIVATION = b"v1"
+"""The key derivation's own version: wire protocol version 2 (sealed chunks) left it unchanged."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ShareContext:
         return b"|".join(
             (
                 b"mpc-agg/share",
-                b"v%d" % PROTOCOL_VERSION,
+                SHARE_DERIVATION,
                 b"round=%d" % self.round_id,
                 b"client=" + self.client_id.encode("utf-8"),
                 b"report=" + self.report_id.hex().encode("ascii"),
