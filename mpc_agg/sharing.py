@@ -1,6 +1,6 @@
 """Additive secret sharing over Z_2^64 (or Z_2^32, mpc_agg.ring) with seed-compressed helper shares.
 
-For k parties, helper j = 1..k-1 receives a fresh 32-byte seed from ``os.urandom``;
+For k parties, every party i but one receives a fresh 32-byte seed from ``os.urandom``;
 its share is the AES-128-CTR keystream under a key derived from that seed with
 HKDF-SHA256 (RFC 5869), domain-separated by derivation version, round, client,
 report id and party index, read as little-endian int64 (int32 for the update
@@ -33,12 +33,13 @@ from .errors import EncodingError
 if TYPE_CHECKING:
     from .spec import RoundSpec
 
-__all__ = ["SEED_BYTES", "ShareContext", "dense_party", "seed_parties", "expand_seed", "accumulate_seed", "new_seeds", "leader_share",
-           "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
+__all__ = ["SEED_BYTES", "ShareContext", "dense_party", "seed_parties", "expand_seed", "accumulate_seed", "new_seeds",
+           "leader_share", "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
 SHARE_DERIVATION = b"v1"
-"""The key derivation's own version: wire protocol version 2 (sealed chunks) left it unchanged."""
+"""The key derivation's own version: wire protocol versions 2 (sealed chunks) and 3 (the dense share rotates)
+left it unchanged (a seed is still expanded with its own party's index)."""
 
 
 @dataclass(frozen=True)

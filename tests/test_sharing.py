@@ -66,7 +66,7 @@ def test_known_answer_vector() -> None:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    info = b"mpc-agg/share|v3|round=1|client=c|report=" + b"00" * 16 + b"|party=1"
+    info = b"mpc-agg/share|v1|round=1|client=c|report=" + b"00" * 16 + b"|party=1"
     key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=info).derive(bytes(32))
     ks = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(16))
     assert got.tolist() == np.frombuffer(ks, dtype="<i8").tolist()
