@@ -64,7 +64,11 @@ def clip_to_norm(x: np.ndarray, clip_norm: float) -> np.ndarray:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak == 0.0:
         return x
-    rel = float(np.linalg.norm(x / peak))  # in [1, sqrt(d)]: ||x|| = peak * rel
+    y = (x / peak).ravel()
+    # in [1, sqrt(d)]: ||x|| = peak * rel.  einsum, not np.linalg.norm: its BLAS dot wakes OpenBLAS's worker
+    # threads, which spin after each call; with many client threads in one process (simulations, benchmarks)
+    # they took several times the clients' whole CPU (benchmarks/README.md, "Dense shares spread")
+    rel = math.sqrt(float(np.einsum("i,i->", y, y)))
     if rel <= clip_norm / peak:
         return x
     return (x / peak) * (clip_norm / rel)
