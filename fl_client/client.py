@@ -24,7 +24,8 @@ import torch
 
 from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import Deployment, read_secret_key
-from mpc_agg.dp import PrivacyLedger, SkellamRound, csprng, randomized_round, rounded_norm_bound, skellam_noise
+from mpc_agg.dp import (PrivacyLedger, SkellamRound, csprng, l2_norm, randomized_round, rounded_norm_bound,
+                        skellam_noise)
 from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeError, SpecMismatchError, WireError
 from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
@@ -64,11 +65,7 @@ def clip_to_norm(x: np.ndarray, clip_norm: float) -> np.ndarray:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak == 0.0:
         return x
-    y = (x / peak).ravel()
-    # in [1, sqrt(d)]: ||x|| = peak * rel.  einsum, not np.linalg.norm: its BLAS dot wakes OpenBLAS's worker
-    # threads, which spin after each call; with many client threads in one process (simulations, benchmarks)
-    # they took several times the clients' whole CPU (benchmarks/README.md, "Dense shares spread")
-    rel = math.sqrt(float(np.einsum("i,i->", y, y)))
+    rel = l2_norm(x / peak)  # in [1, sqrt(d)]: ||x|| = peak * rel
     if rel <= clip_norm / peak:
         return x
     return (x / peak) * (clip_norm / rel)

@@ -105,9 +105,9 @@ def _keystream(seed: bytes, ctx: ShareContext, party: int, length: int, start: i
     enc = Cipher(algorithms.AES(key), modes.CTR((first // 16).to_bytes(16, "big"))).encryptor()
     if first % 16:  # CTR is a stream: consume the start of the block before the slice
         enc.update(_ZEROS[:first % 16])
-    buf = bytearray(_CHUNK + 15)  # update_into needs block_size - 1 spare bytes
-    zeros = memoryview(_ZEROS)
     nbytes = item * length
+    buf = bytearray(min(_CHUNK, nbytes) + 15)  # update_into needs block_size - 1 spare bytes
+    zeros = memoryview(_ZEROS)
     for pos in range(0, nbytes, _CHUNK):
         n = min(_CHUNK, nbytes - pos)
         enc.update_into(zeros[:n], buf)
