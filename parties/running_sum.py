@@ -46,9 +46,6 @@ class HeldRound:
 class RunningSum:
     """Adds and subtracts report shares into a round's ``total`` at party ``party`` (0: the leader)."""
 
-    def is_dense(self, rep: StoredReport) -> bool:
-        return dense_here(rep, self.party)
-
     def __init__(self, store: RoundStore, party: int) -> None:
         self.store, self.party = store, party
 
@@ -71,7 +68,7 @@ class RunningSum:
 
     def apply_stored(self, st: HeldRound, rep: StoredReport, *, subtract: bool = False) -> None:
         """Add (or subtract) one stored report's share, block by block from the log."""
-        if not self.is_dense(rep):
+        if not dense_here(rep, self.party):
             self.add_seed(st, rep.client, rep.report, self.store.read_material(st.dir, rep), subtract=subtract)
             return
         op = np.subtract if subtract else np.add
