@@ -1,7 +1,7 @@
 """Client faults: a connection cut in the middle of a report frame leaves no half-report, and a client that
 reached only some parties is left out by every party (the cohort stays consistent).  The report's dense party
-(any party: it rotates with the report id) drops the unfinished upload after ``UploadLimits.idle_s`` without a chunk (parties/uploads.py); the other clients' uploads
-go on in the other slots meanwhile."""
+(any party: it rotates with the report id) drops the unfinished upload after ``UploadLimits.idle_s`` without a
+chunk (parties/uploads.py); the other clients' uploads go on in the other slots meanwhile."""
 
 from __future__ import annotations
 
