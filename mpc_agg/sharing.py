@@ -66,9 +66,9 @@ class ShareContext:
 def dense_party(spec: "RoundSpec", report_id: bytes, parties: int) -> int:
     """The party that takes report ``report_id``'s dense share, of ``parties``
     (docs/PROTOCOL.md, "Where the dense share goes"): the first 8 bytes of the id (big-endian) mod k, or
-    party 0 in ``verify_norm`` rounds, whose
-    close (parties/cohort.py, mpc_agg/normcheck.py) reads the dense share at the leader.  A client draws its
-    id at random; choosing it only chooses where its own report goes."""
+    party 0 in ``verify_norm`` rounds, whose close (parties/cohort.py, mpc_agg/normcheck.py) reads the
+    dense share at the leader.  A client draws its id at random; choosing it only chooses where its own
+    report goes."""
     if len(report_id) != 16:
         raise EncodingError(f"a report id is 16 bytes, got {len(report_id)}")
     if parties < 2:
