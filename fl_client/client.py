@@ -2,9 +2,10 @@
 
 The client fetches the round's spec from every party and refuses to submit
 unless all of them agree (a coordinator cannot hand parties different specs).
-The upload is a 32-byte seed to each helper over its CURVE channel and the dense
-share vector to the leader (mpc_agg.sharing): once the leader admits the upload over
-CURVE and hands out its key, in AES-GCM-sealed chunks to its bulk endpoint
+The upload is the dense share vector to the report's dense party (mpc_agg.sharing,
+``dense_party``: it rotates with the report id; the leader in verify_norm rounds) and a
+32-byte seed to each other party over its CURVE channel: once the dense party admits
+the upload over CURVE and hands out its key, in AES-GCM-sealed chunks to its bulk endpoint
 (mpc_agg.bulk): 4 bytes per coordinate in rounds whose spec states a 32-bit ring
 (mpc_agg.ring), 8 otherwise, plus the 8-byte weight coordinate.
 """
@@ -29,7 +30,7 @@ from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeErr
 from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.messages import request
-from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
+from mpc_agg.sharing import ShareContext, dense_party, leader_chunk32, leader_share, new_seeds, seed_parties
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
 from mpc_agg.transport import Requester, SecureContext
@@ -204,57 +205,61 @@ class SecureAggClient:
 
         This is what :meth:`submit` does after clipping and encoding, and what a malicious
         client can always do: the parties' own checks (SECURITY.md) must not rely on the client's.
-        ``ring`` is overwritten (the leader's share is computed in place).  In a 32-bit round the
+        ``ring`` is overwritten (the dense share is computed in place).  In a 32-bit round the
         update coordinates are shared mod 2**32 (values outside the round's bound wrap)."""
         if ring.dtype != np.int64 or ring.shape != (spec.dim + 1,):
             raise EncodingError(f"an encoded report is an int64 vector of {spec.dim + 1} values")
         report_id = os.urandom(16)
         ctx = ShareContext(spec.round_id, self.client_id, report_id)
-        seeds = new_seeds(len(self._req))
+        k = len(self._req)
+        dense = dense_party(spec, report_id, k)
+        others = seed_parties(k, dense)
+        seeds = new_seeds(k)
         meta = request(MsgType.REPORT, round=spec.round_id, client=self.client_id, report_id=report_id.hex(),
                        spec_digest=spec.digest())
         deadline = time.monotonic() + self.timeout_s
-        # helpers first (tiny seeds), then the leader's share in chunks
-        helpers = [self._req.send(i, MsgType.REPORT, meta, [seeds[i - 1]]) for i in range(1, len(self._req))]
-        self._upload_leader(meta, ring, seeds, ctx, deadline, spec.ring_bits)
-        self._req.collect(helpers, deadline)
+        # seeds first (tiny), then the dense share in chunks
+        sent = [self._req.send(i, MsgType.REPORT, meta, [seed]) for i, seed in zip(others, seeds)]
+        self._upload_dense(dense, meta, ring, seeds, ctx, deadline, spec.ring_bits)
+        self._req.collect(sent, deadline)
         return report_id.hex()
 
-    def _upload_leader(self, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
-                       deadline: float, bits: int) -> None:
-        """Send the leader its share chunk by chunk (computed chunk by chunk), a few chunks in flight."""
-        req = self._req[0]
+    def _upload_dense(self, dense: int, meta: dict[str, Any], ring: np.ndarray, seeds: list[bytes],
+                      ctx: ShareContext, deadline: float, bits: int) -> None:
+        """Send party ``dense`` its share chunk by chunk (computed chunk by chunk), a few chunks in flight."""
+        req, who = self._req[dense], f"party {dense}"
         go = req.wait(req.send(MsgType.REPORT_BEGIN, request(MsgType.REPORT_BEGIN, **meta,
                                                          deadline=time.time() + deadline - time.monotonic())),
-                      deadline, "party 0")
+                      deadline, who)
         chunk = go.meta.get("chunk")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk <= 0 or chunk % 2:
-            raise WireError("party 0 announced an invalid chunk size")
+            raise WireError(f"{who} announced an invalid chunk size")
         seal = UploadSeal(bytes.fromhex(go.meta["key"]), ctx.round_id, ctx.report_id)
-        bulk = self._bulk_link(0)
+        bulk = self._bulk_link(dense)
         pending: collections.deque[tuple[str, int]] = collections.deque()
         for start in range(0, ring.size, chunk):
             part = ring[start:start + chunk]
             if bits == 64:
-                leader_share(part, seeds, ctx, start=start, out=part)  # in place: the ring is not needed again
+                leader_share(part, seeds, ctx, start=start, out=part, dense=dense)  # in place: ring not needed again
                 payload = part.data
             else:
-                payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1).data
+                payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1, dense=dense).data
             head = request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
             sealed = seal.seal_chunk(start, part.size, payload)
             pending.append((bulk.send(MsgType.REPORT_CHUNK, head, [sealed]), start + part.size))
             if len(pending) >= UPLOAD_WINDOW:
-                self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline)
+                self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline, who)
         while pending:
-            self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline)
+            self._check_ack(bulk, seal, *pending.popleft(), ring.size, deadline, who)
 
     @staticmethod
-    def _check_ack(bulk: Requester, seal: UploadSeal, rid: str, upto: int, total: int, deadline: float) -> None:
+    def _check_ack(bulk: Requester, seal: UploadSeal, rid: str, upto: int, total: int, deadline: float,
+                   who: str) -> None:
         """Wait for the party's acknowledgement of the values up to ``upto``: tagged under the upload key
         (mpc_agg.bulk), ``done`` on the last one, which the party sends after its fsync."""
-        ack = bulk.wait(rid, deadline, "party 0")
+        ack = bulk.wait(rid, deadline, who)
         if ack.meta["next"] != upto or ack.meta["done"] != (upto == total):
-            raise WireError("party 0 acknowledged another chunk than the one sent")
+            raise WireError(f"{who} acknowledged another chunk than the one sent")
         seal.check_ack(upto, upto == total, ack.meta["tag"])
 
     def _bulk_link(self, i: int) -> Requester:

@@ -1,12 +1,17 @@
 """Additive secret sharing over Z_2^64 (or Z_2^32, mpc_agg.ring) with seed-compressed helper shares.
 
-For k parties, helper j = 1..k-1 receives a fresh 32-byte seed from ``os.urandom``;
+For k parties, every party i but one receives a fresh 32-byte seed from ``os.urandom``;
 its share is the AES-128-CTR keystream under a key derived from that seed with
 HKDF-SHA256 (RFC 5869), domain-separated by derivation version, round, client,
 report id and party index, read as little-endian int64 (int32 for the update
 coordinates of a 32-bit round; its weight coordinate ``d`` is keystream int64 element
-``d``, bytes 8d..8d+8, past the 4d bytes of the coordinates, as in a 64-bit round).  The leader (party 0)
-receives ``x - sum(helper shares) mod 2**64``.  Any k-1 shares are uniformly
+``d``, bytes 8d..8d+8, past the 4d bytes of the coordinates, as in a 64-bit round).
+
+One party per report, its *dense party* d (:func:`dense_party`: it rotates with the
+report id, so each of k parties takes about n/k dense uploads; party 0, the leader,
+in verify_norm rounds), receives ``x - sum_{i != d} expand(seed_i, party i) mod 2**64``;
+every other party i receives a seed, expanded with its own index i.  (Names such as
+:func:`leader_share` date from when the dense party was always the leader.)  Any k-1 shares are uniformly
 distributed and independent of ``x`` (SECURITY.md, "Confidentiality of an update"; the same
 seed-expansion idea as Prio3's helper shares, draft-irtf-cfrg-vdaf §6).
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +30,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import EncodingError
 
-__all__ = ["SEED_BYTES", "ShareContext", "expand_seed", "accumulate_seed", "new_seeds", "leader_share",
-           "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
+if TYPE_CHECKING:
+    from .spec import RoundSpec
+
+__all__ = ["SEED_BYTES", "ShareContext", "dense_party", "seed_parties", "expand_seed", "accumulate_seed", "new_seeds",
+           "leader_share", "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
 SHARE_DERIVATION = b"v1"
-"""The key derivation's own version: wire protocol version 2 (sealed chunks) left it unchanged."""
+"""The key derivation's own version: wire protocol versions 2 (sealed chunks) and 3 (the dense share rotates)
+left it unchanged (a seed is still expanded with its own party's index)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,26 @@ class ShareContext:
                 b"party=%d" % party,
             )
         )
+
+
+def dense_party(spec: "RoundSpec", report_id: bytes, parties: int) -> int:
+    """The party that takes report ``report_id``'s dense share, of ``parties``
+    (docs/PROTOCOL.md, "Where the dense share goes"): the first 8 bytes of the id (big-endian) mod k, or
+    party 0 in ``verify_norm`` rounds, whose close (parties/cohort.py, mpc_agg/normcheck.py) reads the
+    dense share at the leader.  A client draws its id at random; choosing it only chooses where its own
+    report goes."""
+    if len(report_id) != 16:
+        raise EncodingError(f"a report id is 16 bytes, got {len(report_id)}")
+    if parties < 2:
+        raise EncodingError("secret sharing needs at least 2 parties")
+    return 0 if spec.verify_norm else int.from_bytes(report_id[:8], "big") % parties
+
+
+def seed_parties(parties: int, dense: int) -> list[int]:
+    """The parties that take a seed when ``dense`` takes the dense share, in the order of the seeds."""
+    if not 0 <= dense < parties:
+        raise EncodingError(f"dense party {dense} is not one of {parties} parties")
+    return [i for i in range(parties) if i != dense]
 
 
 _CHUNK = 1 << 20
@@ -115,16 +144,18 @@ def accumulate_seed(total: npt.NDArray[np.int64], seed: bytes, ctx: ShareContext
 
 
 def new_seeds(parties: int) -> list[bytes]:
-    """Fresh CSPRNG seeds for helpers 1..k-1 of one report."""
+    """Fresh CSPRNG seeds for the k-1 parties of one report that take seeds (:func:`seed_parties`)."""
     if parties < 2:
         raise EncodingError("secret sharing needs at least 2 parties")
     return [os.urandom(SEED_BYTES) for _ in range(parties - 1)]
 
 
 def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *,
-                 start: int = 0, out: npt.NDArray[Any] | None = None, bits: int = 64) -> npt.NDArray[Any]:
-    """Elements ``start .. start+len(x)`` of the leader's share, given the same slice of ``x``:
-    ``x - sum_j expand(seed_j)`` mod 2**bits, so a vector can be shared chunk by chunk.
+                 start: int = 0, out: npt.NDArray[Any] | None = None, bits: int = 64,
+                 dense: int = 0) -> npt.NDArray[Any]:
+    """Elements ``start .. start+len(x)`` of the dense share of party ``dense``, given the same slice of
+    ``x``: ``x - sum_j expand(seed_j, party j)`` mod 2**bits over the parties ``seed_parties(k, dense)``
+    (``seeds`` in that order), so a vector can be shared chunk by chunk.
     ``out=x`` shares in place (64 bits); with ``bits=32`` the share is int32 (``x`` must already
     be in range: mpc_agg.ring), and a 32-bit round's weight coordinate is shared with ``bits=64``."""
     if x.dtype != np.int64 or x.ndim != 1:
@@ -136,7 +167,8 @@ def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext
         out = np.empty(x.size, dtype=dtype)
     elif out.dtype != dtype or out.shape != x.shape:
         raise EncodingError(f"out must be a {np.dtype(dtype).name} vector of the same length")
-    streams = [_keystream(seed, ctx, j, x.size, start, bits) for j, seed in enumerate(seeds, start=1)]
+    streams = [_keystream(seed, ctx, j, x.size, start, bits)
+               for j, seed in zip(seed_parties(len(seeds) + 1, dense), seeds)]
     for blocks in zip(*streams):  # block by block over all helpers, so each block of out stays in cache
         off, n = blocks[0][0], blocks[0][1].size
         np.subtract(x[off:off + n], blocks[0][1], out=out[off:off + n], casting="unsafe")  # wraps mod 2**bits
@@ -146,8 +178,8 @@ def leader_share(x: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext
 
 
 def leader_chunk32(part: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *, start: int,
-                   dim: int) -> npt.NDArray[np.uint8]:
-    """Wire bytes of the leader's share of ``part``, values ``start ..`` of a 32-bit round's report of
+                   dim: int, dense: int = 0) -> npt.NDArray[np.uint8]:
+    """Wire bytes of party ``dense``'s dense share of ``part``, values ``start ..`` of a 32-bit round's report of
     ``dim`` update coordinates (mpc_agg.ring): its coordinates mod 2**32 (int32), then, if ``part``
     holds it, the weight coordinate mod 2**64 (int64)."""
     coords = max(0, min(part.size, dim - start))
@@ -155,18 +187,18 @@ def leader_chunk32(part: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareCo
     if weight not in (0, 1) or (weight and start + part.size != dim + 1):
         raise EncodingError(f"values {start}..{start + part.size} are not a slice of a report of {dim + 1}")
     buf = np.empty(4 * coords + 8 * weight, dtype=np.uint8)
-    leader_share(part[:coords], seeds, ctx, start=start, out=buf[:4 * coords].view(np.int32), bits=32)
+    leader_share(part[:coords], seeds, ctx, start=start, out=buf[:4 * coords].view(np.int32), bits=32, dense=dense)
     if weight:  # the 64-bit keystream's element ``dim``, as in a 64-bit round
-        buf[4 * coords:].view(np.int64)[:] = leader_share(part[coords:], seeds, ctx, start=dim)
+        buf[4 * coords:].view(np.int64)[:] = leader_share(part[coords:], seeds, ctx, start=dim, dense=dense)
     return buf
 
 
 def split(
-    x: npt.NDArray[np.int64], parties: int, ctx: ShareContext
+    x: npt.NDArray[np.int64], parties: int, ctx: ShareContext, *, dense: int = 0
 ) -> tuple[npt.NDArray[np.int64], list[bytes]]:
-    """Share ``x`` among ``parties``: returns (leader share, helper seeds 1..k-1)."""
+    """Share ``x`` among ``parties``: returns (party ``dense``'s share, the seeds of ``seed_parties``)."""
     seeds = new_seeds(parties)
-    return leader_share(x, seeds, ctx), seeds
+    return leader_share(x, seeds, ctx, dense=dense), seeds
 
 
 def reconstruct(shares: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:

@@ -4,7 +4,7 @@ Layout under a party's ``state_dir``::
 
     round-<id>/spec.json      the round's spec (written before OPEN is acknowledged)
     round-<id>/reports.log    records, one per report, each reserved whole when the report starts:
-                              b"RPT4" | u32 header length | JSON header {report, client, len} | material
+                              b"RPT4" | u32 header length | JSON header {report, client, len, kind} | material
                               | CRC-32 of the material (u32) | b"DONE" (the trailer, written last)
     round-<id>/revealed       marker: the round's sum share was released (never again), with the
                               cohort and every report id; the log is deleted then
@@ -36,7 +36,7 @@ from typing import Iterator
 from .errors import ConfigError
 from .spec import RoundSpec
 
-__all__ = ["StoredReport", "StoredRound", "RoundStore", "ReportWriter"]
+__all__ = ["KINDS", "StoredReport", "StoredRound", "RoundStore", "ReportWriter"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,12 +76,19 @@ _CRC = struct.Struct(">I")
 _DONE = b"DONE"
 
 
+KINDS = ("dense", "seed")
+"""What a record's material is: a dense share vector (int64 values) or a 32-byte seed."""
+
+
 @dataclass(frozen=True)
 class StoredReport:
     report: str
     client: str
     offset: int  # of the material in reports.log
     length: int
+    kind: str | None = None
+    """``"dense"`` or ``"seed"``, from the record's header; None for a record written before the dense
+    share rotated (its kind was the party's: dense at party 0, a seed elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -115,15 +122,15 @@ class RoundStore:
         _write_atomic(rdir / "spec.json", json.dumps(spec.to_json()).encode())
         return rdir
 
-    def begin_report(self, rdir: Path, report_hex: str, client: str, length: int) -> "ReportWriter":
-        """Reserve one report's record at the end of the log; its material follows in
-        :meth:`ReportWriter.write` calls (several writers may be open at once)."""
-        return ReportWriter(rdir / "reports.log", report_hex, client, length)
+    def begin_report(self, rdir: Path, report_hex: str, client: str, length: int, kind: str) -> "ReportWriter":
+        """Reserve one report's record (``kind`` in :data:`KINDS`) at the end of the log; its material
+        follows in :meth:`ReportWriter.write` calls (several writers may be open at once)."""
+        return ReportWriter(rdir / "reports.log", report_hex, client, length, kind)
 
-    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview, *,
+    def add_report(self, rdir: Path, report_hex: str, client: str, material: bytes | memoryview, kind: str, *,
                    sync: bool = True) -> StoredReport:
         """Append (and fsync, unless ``sync=False``) one whole report's record; returns where its material lies."""
-        w = self.begin_report(rdir, report_hex, client, memoryview(material).nbytes)
+        w = self.begin_report(rdir, report_hex, client, memoryview(material).nbytes, kind)
         w.write(material)
         return w.commit(sync=sync)
 
@@ -182,7 +189,9 @@ class RoundStore:
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
-                    length, crc = int(header["len"]), 0
+                    length, crc, kind = int(header["len"]), 0, header.get("kind")
+                    if kind is not None and kind not in KINDS:
+                        raise ValueError("unknown record kind")
                     start = pos + 8 + hlen
                     trailer = _CRC.size + (len(_DONE) if head[:4] == RECORD_MAGIC else 0)
                     if start + length + trailer > size:
@@ -191,7 +200,7 @@ class RoundStore:
                         crc = zlib.crc32(f.read(min(1 << 20, length - at)), crc)
                     tail = f.read(trailer)
                     if tail == _CRC.pack(crc) + (_DONE if trailer > _CRC.size else b""):
-                        out.append(StoredReport(str(header["report"]), str(header["client"]), start, length))
+                        out.append(StoredReport(str(header["report"]), str(header["client"]), start, length, kind))
                     elif head[:4] == _OLD_MAGIC:
                         raise ValueError("checksum mismatch")  # old logs were appended whole: a torn tail
                 except (ValueError, KeyError, TypeError, struct.error):
@@ -225,9 +234,11 @@ class RoundStore:
 class ReportWriter:
     """Writes one report's reserved record: material in order, then the trailer at :meth:`commit`."""
 
-    def __init__(self, path: Path, report_hex: str, client: str, length: int) -> None:
-        header = json.dumps({"report": report_hex, "client": client, "len": length}).encode()
-        self.report, self.client, self.length = report_hex, client, length
+    def __init__(self, path: Path, report_hex: str, client: str, length: int, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"a record is one of {KINDS}, not {kind!r}")
+        header = json.dumps({"report": report_hex, "client": client, "len": length, "kind": kind}).encode()
+        self.report, self.client, self.length, self.kind = report_hex, client, length, kind
         self._fd = _private_file(path, os.O_RDWR)
         self.start = os.lseek(self._fd, 0, os.SEEK_END)
         self.offset = self.start + 8 + len(header)
@@ -254,11 +265,11 @@ class ReportWriter:
         if sync:
             os.fsync(self._fd)
         os.close(self._fd)
-        return StoredReport(self.report, self.client, self.offset, self.length)
+        return StoredReport(self.report, self.client, self.offset, self.length, self.kind)
 
     def material(self) -> StoredReport:
         """Where the material written so far lies (for reading it back before an abort)."""
-        return StoredReport(self.report, self.client, self.offset, self.written)
+        return StoredReport(self.report, self.client, self.offset, self.written, self.kind)
 
     def abort(self) -> None:
         """Leave the record unfinished (skipped when read); cut it off if nothing was reserved after it."""

@@ -53,7 +53,7 @@ __all__ = [
     "meta_limit",
 ]
 
-PROTOCOL_VERSION = 2  # 2: REPORT_CHUNK sealed on the bulk endpoint (mpc_agg.bulk)
+PROTOCOL_VERSION = 3  # 2: REPORT_CHUNK sealed on the bulk endpoint (mpc_agg.bulk); 3: the dense share rotates
 MAGIC = b"MPAG"
 HEADER = struct.Struct(">4sBBHII")
 MAX_META_BYTES = 1 << 20

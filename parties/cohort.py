@@ -23,7 +23,7 @@ from mpc_agg.normcheck import check_weights, verify_norms
 from mpc_agg.sharing import ShareContext, expand_seed
 from mpc_agg.store import RoundStore
 from parties.agreement import Collective
-from parties.running_sum import HeldRound
+from parties.running_sum import HeldRound, dense_here
 
 __all__ = ["CohortSteps"]
 
@@ -85,10 +85,13 @@ class CohortSteps:
     def _replicated(self, cohort: list[str]) -> Callable[[int, int, np.ndarray], np.ndarray]:
         """k = 3: give each party the next party's shares (mpc_agg.normcheck, replicated squares).
 
+        Only verify_norm rounds get here, whose dense shares are all at the leader (mpc_agg.sharing.dense_party).
         Helpers send their 32-byte seeds to the previous party; the leader sends its dense share rows
         to party 2, chunk by chunk, at most ``LEADER_WINDOW`` chunks ahead of party 2's acknowledgements
         (so no queue holds more than that).  Each party then holds two of the three shares of every
         report."""
+        if any(dense_here(self.st.stored[h], self.party) != (self.party == 0) for h in cohort):
+            raise RefusedError("verified rounds take every dense share at the leader")
         if self.party > 0:  # seeds of the cohort's reports, in cohort order
             seeds = b"".join(self.store.read_material(self.st.dir, self.st.stored[h]) for h in cohort)
             self.comm.send(torch.from_numpy(np.frombuffer(seeds, dtype=np.int64).copy()), self.party - 1)
@@ -120,12 +123,13 @@ class CohortSteps:
         return from_seeds
 
     def share_rows(self, reports: list[str], start: int, count: int) -> np.ndarray:
-        """This party's shares of coordinates ``start .. start+count`` of each report, one row each."""
+        """This party's shares of coordinates ``start .. start+count`` of each report, one row each: read
+        from its dense share, or expanded from its seed, as its record says (parties.running_sum)."""
         rows = np.empty((len(reports), count), dtype=np.int64)
         path = self.store.material_path(self.st.dir)
         for j, h in enumerate(reports):
             rep = self.st.stored[h]
-            if self.party == 0:
+            if dense_here(rep, self.party):
                 rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
             else:  # keystream slices start on an AES block (2 values): read from the block's start
                 ctx = ShareContext(self.st.spec.round_id, self.st.reports[h], bytes.fromhex(h))

@@ -65,7 +65,7 @@ class PartyCore:
         self.cfg, self.id, self.k, self.is_leader = cfg, party_id, k, party_id == 0
         self.peers, self.outbox = peers, outbox
         self.store = RoundStore(cfg.state_dir)
-        self.table = RoundTable(self.store, party_id, cfg.max_reports)
+        self.table = RoundTable(self.store, party_id, k, cfg.max_reports)
         self.uploads: UploadScheduler[ReplyTo] = UploadScheduler(upload_limits or UploadLimits())
         self.commit = GroupCommit(self.store, max_group)
         self.now: Callable[[], float] = time.monotonic  # upload timeouts
@@ -103,27 +103,25 @@ class PartyCore:
 
     # --- reports -----------------------------------------------------------------------------
     def on_report(self, req: Request) -> None:
-        """A helper's whole report: one 32-byte seed, acknowledged after the next fsync."""
-        if self.is_leader:
-            raise WireError("the leader takes reports in chunks (REPORT_BEGIN, REPORT_CHUNK)")
-        st, client, report_hex = self.table.check_report(req.identity, req.meta)
+        """A report whose dense share goes to another party: one 32-byte seed, acknowledged after the next
+        fsync."""
+        st, client, report_hex = self.table.check_report(req.identity, req.meta, dense=False)
         seed = req.msg.payloads[0]
         if seed.nbytes != SEED_BYTES:
-            raise WireError(f"a helper's report is one seed of {SEED_BYTES} bytes")
-        stored = self.store.add_report(st.dir, report_hex, client, seed, sync=False)
+            raise WireError(f"a seed report is one seed of {SEED_BYTES} bytes")
+        stored = self.store.add_report(st.dir, report_hex, client, seed, "seed", sync=False)
         self.table.sums.add_seed(st, client, report_hex, bytes(seed))
         self.table.acknowledge(st, client, report_hex, stored)
         self.commit.defer(st.dir, req.reply_to, {"report_id": report_hex})
 
-    # The leader's chunked uploads (parties/uploads.py: slots, queue, limits).  REPORT_BEGIN is
+    # Chunked uploads of the reports whose dense party this is (mpc_agg.sharing.dense_party; any party),
+    # through parties/uploads.py: slots, queue, limits.  REPORT_BEGIN is
     # answered when the upload gets a slot; others wait in a FIFO queue that holds no payload.
     # Chunks are added to the sum and written at their offsets as they arrive, in order; the
     # last one seals the record, acknowledged after the next group fsync.
 
     def on_begin(self, req: Request) -> Reply | None:
-        if not self.is_leader:
-            raise WireError("helpers take a report as one REPORT message")
-        st, client, report_hex = self.table.check_report(req.identity, req.meta)
+        st, client, report_hex = self.table.check_report(req.identity, req.meta, dense=True)
         self.schedule()  # free what has expired before judging this one
         now = self.now()
         stated = now + (float(req.meta["deadline"]) - self.wall())
@@ -132,7 +130,7 @@ class PartyCore:
         return None if up is None else self._start(st, up)  # None: queued, answered by schedule()
 
     def _start(self, st: HeldRound, up: Upload) -> Reply:
-        up.writer = self.store.begin_report(st.dir, up.report, up.client, up.size)
+        up.writer = self.store.begin_report(st.dir, up.report, up.client, up.size, "dense")
         key = new_key()  # this upload's alone, sent over CURVE (mpc_agg.bulk)
         up.seal = UploadSeal(key, st.spec.round_id, bytes.fromhex(up.report))
         return MsgType.OK, {"report_id": up.report, "chunk": self.chunk_values, "key": key.hex()}, []

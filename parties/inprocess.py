@@ -26,7 +26,7 @@ from mpc_agg.fixedpoint import decode_average, encode
 from mpc_agg import messages
 from mpc_agg.service import Reply, ReplyTo, Request, dispatch, new_counters
 from mpc_agg.ring import add_sum_share
-from mpc_agg.sharing import ShareContext, leader_chunk32, leader_share, new_seeds
+from mpc_agg.sharing import ShareContext, dense_party, leader_chunk32, leader_share, new_seeds, seed_parties
 from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import MsgType, decode_message, encode_message
 from parties.agreement import Collective, LocalGroup, LocalPeer
@@ -107,38 +107,46 @@ class InProcess:
         return [self.request(i, "coordinator", MsgType.OPEN_ROUND, meta) for i in range(self.k)]
 
     def submit(self, client: str, spec: RoundSpec, update: np.ndarray, weight: float = 1.0, *,
-               parties: Sequence[int] | None = None) -> list[Answer | None]:
-        """An honest client's report: encode, share, send (to ``parties`` only, default all); the
-        answers of each party in order (after its group commit)."""
+               parties: Sequence[int] | None = None, report_id: bytes | None = None) -> list[Answer | None]:
+        """An honest client's report: encode, share, send (to ``parties`` only, default all): a seed to
+        every party but the report's dense party (mpc_agg.sharing.dense_party), which gets the dense share
+        in sealed chunks.  The answers of each party in order (after its group commit)."""
         ring = np.empty(spec.dim + 1, dtype=np.int64)
         encode(update, spec.frac_bits, scale=weight, out=ring[:-1])
         encode([weight], spec.frac_bits, out=ring[-1:])
-        report_id = os.urandom(16)
-        seeds = new_seeds(self.k)
+        report_id = os.urandom(16) if report_id is None else report_id
+        dense = dense_party(spec, report_id, self.k)
+        seeds = dict(zip(seed_parties(self.k, dense), new_seeds(self.k)))
         meta = messages.request(MsgType.REPORT, round=spec.round_id, client=client, report_id=report_id.hex(),
-                       spec_digest=spec.digest())
+                                spec_digest=spec.digest())
         who = f"client:{client}"
         answers: list[Answer | None] = []
         for i in range(self.k) if parties is None else parties:
-            if i > 0:
-                answers.append(self.request(i, who, MsgType.REPORT, meta, [seeds[i - 1]]) or self.settle(i)[-1])
+            if i != dense:
+                answers.append(self.request(i, who, MsgType.REPORT, meta, [seeds[i]]) or self.settle(i)[-1])
                 continue
-            go = self.request(0, who, MsgType.REPORT_BEGIN, messages.request(MsgType.REPORT_BEGIN, **meta,
-                                                                    deadline=time.time() + 30))
+            go = self.request(i, who, MsgType.REPORT_BEGIN, messages.request(MsgType.REPORT_BEGIN, **meta,
+                                                                             deadline=time.time() + 30))
             if isinstance(go, MpcAggError) or go is None:
                 answers.append(go)
                 continue
-            ctx = ShareContext(spec.round_id, client, report_id)
-            seal = UploadSeal(bytes.fromhex(go[1]["key"]), spec.round_id, report_id)
-            for start in range(0, ring.size, self.chunk_values):  # the round's wire layout (mpc_agg.ring)
-                part = ring[start:start + self.chunk_values]
-                share = (leader_chunk32(part, seeds, ctx, start=start, dim=spec.dim) if spec.ring_bits == 32
-                         else leader_share(part, seeds, ctx, start=start))
-                chunk = messages.request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
-                last = self.request(0, messages.BULK, MsgType.REPORT_CHUNK, chunk,
-                                    [seal.seal_chunk(start, part.size, share.data)])
-            answers.append(last or self.settle(0)[-1])
+            answers.append(self._chunks(i, spec, ring, list(seeds.values()),
+                                        ShareContext(spec.round_id, client, report_id), go[1]["key"]))
         return answers
+
+    def _chunks(self, party: int, spec: RoundSpec, ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
+                key: str) -> Answer | None:
+        """The dense share, sealed chunk by chunk in the round's wire layout (mpc_agg.ring), to ``party``'s
+        bulk endpoint: the last chunk's answer."""
+        seal = UploadSeal(bytes.fromhex(key), spec.round_id, ctx.report_id)
+        for start in range(0, ring.size, self.chunk_values):
+            part = ring[start:start + self.chunk_values]
+            share = (leader_chunk32(part, seeds, ctx, start=start, dim=spec.dim, dense=party) if spec.ring_bits == 32
+                     else leader_share(part, seeds, ctx, start=start, dense=party))
+            chunk = messages.request(MsgType.REPORT_CHUNK, report_id=ctx.report_id.hex(), offset=start)
+            last = self.request(party, messages.BULK, MsgType.REPORT_CHUNK, chunk,
+                                [seal.seal_chunk(start, part.size, share.data)])
+        return last or self.settle(party)[-1]
 
     def close(self, round_id: int, *, deadline_s: float = 10.0) -> list[Answer | None]:
         """Every party's answer to the coordinator's CLOSE_ROUND (they agree with each other at once)."""

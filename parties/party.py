@@ -1,9 +1,9 @@
 """One aggregator party process: ZeroMQ wiring around :class:`parties.core.PartyCore`.
 
-Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Party 0
-(the leader) receives each client's dense share in chunks; helpers receive a
-32-byte seed and expand it (mpc_agg.sharing).  The protocol itself (docs/PROTOCOL.md)
-lives in parties/core.py and its rooms; this module owns the sockets: the CURVE
+Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Each party
+receives, in chunks, the dense shares of the reports whose dense party it is, and a
+32-byte seed of every other report, which it expands (mpc_agg.sharing, ``dense_party``).
+The protocol itself (docs/PROTOCOL.md) lives in parties/core.py and its rooms; this module owns the sockets: the CURVE
 ROUTER that clients and the coordinator talk to, the bulk endpoint for sealed share
 chunks (mpc_agg.bulk), the party-to-party communicator
 (CrypTen's, for the close), and the dealer connection.

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from mpc_agg.errors import AlreadyRevealedError, DuplicateReportError, RoundStateError, SpecMismatchError
+from mpc_agg.errors import (AlreadyRevealedError, DuplicateReportError, RoundStateError, SpecMismatchError,
+                            WireError)
 from mpc_agg.logs import event
 from mpc_agg.service import reporting_client
+from mpc_agg.sharing import dense_party
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
 from mpc_agg.wire import require
@@ -36,10 +38,10 @@ class Phase(enum.Enum):
 
 
 class RoundTable:
-    """Party ``party``'s rounds, by id, and every report id it has ever accepted."""
+    """Party ``party`` of ``k``: its rounds, by id, and every report id it has ever accepted."""
 
-    def __init__(self, store: RoundStore, party: int, max_reports: int) -> None:
-        self.store, self.party, self.max_reports = store, party, max_reports
+    def __init__(self, store: RoundStore, party: int, k: int, max_reports: int) -> None:
+        self.store, self.party, self.k, self.max_reports = store, party, k, max_reports
         self.sums = RunningSum(store, party)
         self.rounds: dict[int, HeldRound] = {}
         self.seen_report_ids: set[str] = set()
@@ -90,8 +92,10 @@ class RoundTable:
         event(log, "open", party=self.party, round=spec.round_id, dim=spec.dim, digest=digest[:16])
         return st, True
 
-    def check_report(self, identity: str, meta: dict[str, Any]) -> tuple[HeldRound, str, str]:
-        """The checks every new report passes before any of it is accepted: (round, client, report id)."""
+    def check_report(self, identity: str, meta: dict[str, Any], *, dense: bool) -> tuple[HeldRound, str, str]:
+        """The checks every new report passes before any of it is accepted: (round, client, report id).
+        ``dense``: the report comes as a dense share (REPORT_BEGIN), not a seed (REPORT); refused unless
+        this party is (or, for a seed, is not) the report's dense party (mpc_agg.sharing.dense_party)."""
         client = reporting_client(identity, meta)
         st = self.get(meta)
         if st.revealed:
@@ -99,6 +103,11 @@ class RoundTable:
         if require(meta, "spec_digest", str) != st.digest:
             raise SpecMismatchError(f"report for round {st.spec.round_id} was made for a different spec")
         report_hex = require(meta, "report_id", str)  # 32 lowercase hex characters (mpc_agg.messages)
+        owner = dense_party(st.spec, bytes.fromhex(report_hex), self.k)
+        if dense and owner != self.party:
+            raise WireError(f"report {report_hex}'s dense share goes to party {owner}, not party {self.party}")
+        if not dense and owner == self.party:
+            raise WireError(f"party {self.party} takes report {report_hex}'s dense share (REPORT_BEGIN), not a seed")
         if report_hex in self.seen_report_ids:
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:

@@ -1,7 +1,8 @@
 """A party's running sum of one round's report shares: O(d) memory, whatever the number of reports.
 
-The leader adds each dense share chunk as it arrives; a helper expands each 32-byte
-seed into its share (mpc_agg.sharing) and adds it.  Every report's own material is
+A party holds reports of two kinds (mpc_agg.sharing, ``dense_party``): for those whose
+dense party it is, it adds each dense share chunk as it arrives; for the others, it
+expands the 32-byte seed into its share and adds it.  Every report's own material is
 also in the round's log (mpc_agg.store), so a report can be subtracted again: an
 aborted upload, or a report that another party never got (docs/PROTOCOL.md, "Close").
 """
@@ -17,7 +18,13 @@ from mpc_agg.sharing import ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
 
-__all__ = ["HeldRound", "RunningSum"]
+__all__ = ["HeldRound", "RunningSum", "dense_here"]
+
+
+def dense_here(rep: StoredReport, party: int) -> bool:
+    """Whether stored report ``rep`` is a dense share at ``party`` (its record says; a record from before
+    the dense share rotated has no kind, and was dense only at the leader)."""
+    return rep.kind == "dense" if rep.kind is not None else party == 0
 
 
 @dataclass
@@ -48,20 +55,20 @@ class RunningSum:
 
     @staticmethod
     def add_chunk(st: HeldRound, offset: int, chunk: bytes | memoryview) -> None:
-        """The leader: add dense share values ``offset ..`` (little-endian int64; a 32-bit round's
+        """The dense party: add dense share values ``offset ..`` (little-endian int64; a 32-bit round's
         shares sign-extended, mpc_agg.ring.widen_chunk) to the sum."""
         values = np.frombuffer(chunk, dtype="<i8")
         view = st.total[offset:offset + values.size]
         np.add(view, values, out=view)
 
     def add_seed(self, st: HeldRound, client: str, report_hex: str, seed: bytes, *, subtract: bool = False) -> None:
-        """A helper: expand a report's seed into this party's share and add (or subtract) it."""
+        """A seed's report: expand the seed into this party's share and add (or subtract) it."""
         ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
         accumulate_seed(st.total, seed, ctx, self.party, subtract=subtract, bits=st.spec.ring_bits)
 
     def apply_stored(self, st: HeldRound, rep: StoredReport, *, subtract: bool = False) -> None:
         """Add (or subtract) one stored report's share, block by block from the log."""
-        if self.party != 0:
+        if not dense_here(rep, self.party):
             self.add_seed(st, rep.client, rep.report, self.store.read_material(st.dir, rep), subtract=subtract)
             return
         op = np.subtract if subtract else np.add

@@ -12,6 +12,7 @@ import numpy as np
 from fl_client import SecureAggClient
 from mpc_agg.config import Deployment
 from mpc_agg.errors import AggregationTimeout, ConfigError
+from mpc_agg.sharing import dense_party
 
 from .coordinator import Coordinator
 from .launcher import LocalDeployment
@@ -49,8 +50,9 @@ def _check_round(config: str | os.PathLike[str], round_id: int, clients: list[st
                 rid = c.submit(round_id, upd, weight=w)
             updates.append(upd)
             weights.append(w)
-            _step(f"{cid} (weight {w:.0f}) sent an int64 share to party 0 and a 32-byte seed to each helper; "
-                  f"report {rid[:8]}…")
+            dense = dense_party(spec, bytes.fromhex(rid), len(dep.parties))
+            _step(f"{cid} (weight {w:.0f}) sent an int64 share to party {dense} and a 32-byte seed to each other "
+                  f"party; report {rid[:8]}…")
         t1 = time.monotonic()
         result = coord.close_round(round_id, timeout_s=60)
         _step(f"parties agreed on a cohort of {len(result.clients)} over their CrypTen ZeroMQ communicator "

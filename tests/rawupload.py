@@ -1,5 +1,6 @@
 """A hand-driven upload to a party process, for tests of what a hostile client may send: REPORT_BEGIN
-over the client's CURVE link, then chunks it seals itself (mpc_agg.bulk) to the party's bulk endpoint."""
+over the client's CURVE link, then chunks it seals itself (mpc_agg.bulk) to the party's bulk endpoint.  By default
+the report id is drawn so that the party is the report's dense party (mpc_agg.sharing.dense_party)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,19 @@ import zmq
 
 from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import Deployment, read_secret_key
+from mpc_agg.sharing import dense_party
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import Message, MsgType
+
+
+def report_id_for(spec: RoundSpec, parties: int, dense: int) -> str:
+    """A fresh random report id (hex) whose dense party, of ``parties``, is ``dense``."""
+    for _ in range(1000):  # each draw hits with probability 1/k
+        rid = os.urandom(16)
+        if dense_party(spec, rid, parties) == dense:
+            return rid.hex()
+    raise RuntimeError(f"party {dense} takes no dense share in round {spec.round_id}")
 
 
 class RawUpload:
@@ -28,7 +39,7 @@ class RawUpload:
                                          server_key=p.public_key))
         self.bulk = Requester(sctx.bulk_client(p.bulk_endpoint))
         self.client, self.spec, self.party = client, spec, party
-        self.report = report_id or os.urandom(16).hex()
+        self.report = report_id or report_id_for(spec, len(dep.parties), party)
         self.seal: UploadSeal | None = None
 
     def begin(self, *, deadline_s: float = 60.0, timeout_s: float = 10.0, **meta: Any) -> Message:

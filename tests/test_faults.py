@@ -26,7 +26,7 @@ def test_kill9_keeps_acknowledged_reports_and_down_party_blocks_reveal(tmp_path:
             for i, u in enumerate(ups):
                 with SecureAggClient.from_config(ld.config, f"client-{i}") as c:
                     c.submit(1, {"w": u})
-            for victim in ("party-0", "party-2"):  # the leader (vectors) and a helper (seeds)
+            for victim in ("party-0", "party-2"):  # each holds dense shares and seeds (mpc_agg.sharing.dense_party)
                 assert ld.stop_process(victim, signal.SIGKILL) == -signal.SIGKILL
             # a party is down: the close fails with a typed error within its timeout, nothing is revealed
             with pytest.raises(AggregationTimeout):
@@ -46,8 +46,8 @@ def test_torn_report_is_never_counted(tmp_path: Path) -> None:
     store = RoundStore(tmp_path)
     spec = RoundSpec.create(5, {"w": (4,)})
     rdir = store.create_round(spec)
-    store.add_report(rdir, "aa" * 16, "client-0", b"\x01" * 32)
-    store.add_report(rdir, "bb" * 16, "client-1", b"\x02" * 32)
+    store.add_report(rdir, "aa" * 16, "client-0", b"\x01" * 32, "seed")
+    store.add_report(rdir, "bb" * 16, "client-1", b"\x02" * 32, "seed")
     [loaded] = list(store.load())
     assert [r.report for r in loaded.reports] == ["aa" * 16, "bb" * 16] and not loaded.torn
     assert store.read_material(rdir, loaded.reports[1]) == b"\x02" * 32

@@ -59,8 +59,8 @@ def test_logs_are_one_event_per_line_with_ids_and_no_share_bytes(tmp_path: Path)
     for h in health:  # `mpc-agg status`: liveness figures next to the rounds
         assert h["rounds"]["1"] == {"reports": 3, "revealed": True}
         assert h["handled"] >= 5 and h["refused"] == 0 and h["peak_rss_bytes"] > 50 << 20 and h["uptime_s"] > 0
-    seeds = [m for m in material if len(m) == SEED_BYTES]  # the helpers' (2 per report)
-    shares = [m for m in material if len(m) != SEED_BYTES]  # the leader's: a ring element per coordinate and weight
+    seeds = [m for m in material if len(m) == SEED_BYTES]  # 2 per report, at the parties not dense for it
+    shares = [m for m in material if len(m) != SEED_BYTES]  # the dense party's: an element per coordinate and weight
     assert len(seeds) == 6 and len(shares) == 3 and len(set(material)) == 9 and all(len(m) >= 4 * 51 for m in shares)
     secrets = [s.hex() for s in seeds] + [base64.b64encode(s).decode() for s in seeds]
     secrets += [m[i:i + 8].hex() for m in shares for i in range(0, len(m) - 7, 8)]  # all of every share

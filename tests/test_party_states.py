@@ -12,14 +12,16 @@ import pytest
 
 from mpc_agg.bulk import TAG_BYTES, UploadSeal
 from mpc_agg.errors import MpcAggError
+from mpc_agg.sharing import dense_party
 from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import MsgType
 from parties.inprocess import Answer, InProcess
 from parties.rounds import Phase
 from parties.uploads import UploadLimits
 
-DIM = 21  # with 8-value chunks: three chunks per leader upload, the last one short
-HEX = "ab" * 16
+DIM = 21  # with 8-value chunks: three chunks per dense upload, the last one short
+HEX = "aa" * 16  # a report id whose dense party is party 1 of 3 (mpc_agg.sharing.dense_party); the leader takes a seed
+DENSE, SEED = 1, 0
 
 
 def outcome(answer: Answer | None) -> str:
@@ -72,29 +74,33 @@ def request_for(mtype: MsgType, spec: RoundSpec) -> tuple[str, dict[str, Any], l
     }.get(mtype, ("coordinator", {"round": 1}, []))
 
 
-# (type, party role) -> outcome in each state (absent, open, revealed); CLOSE_ROUND is run at every party
+# (type, party role) -> outcome in each state (absent, open, revealed).  "dense": report HEX's dense party
+# (party 1), "seed": a party that takes a seed of it (party 0, the leader); CLOSE_ROUND is run at every party.
+# A report sent as the wrong kind is refused in an open round (in the others the round's state speaks first:
+# which party is dense follows from the round's spec).
 EXPECTED: dict[tuple[MsgType, str], tuple[str, str, str]] = {
-    (MsgType.STATUS, "leader"): ("STATUS", "STATUS", "STATUS"),
-    (MsgType.STATUS, "helper"): ("STATUS", "STATUS", "STATUS"),
-    (MsgType.GET_SPEC, "leader"): ("round_state", "SPEC", "SPEC"),
-    (MsgType.GET_SPEC, "helper"): ("round_state", "SPEC", "SPEC"),
-    (MsgType.OPEN_ROUND, "leader"): ("OK", "OK", "already_revealed"),
-    (MsgType.OPEN_ROUND, "helper"): ("OK", "OK", "already_revealed"),
-    (MsgType.REPORT, "leader"): ("wire", "wire", "wire"),
-    (MsgType.REPORT, "helper"): ("round_state", "later", "round_state"),
-    (MsgType.REPORT_BEGIN, "leader"): ("round_state", "OK", "round_state"),
-    (MsgType.REPORT_BEGIN, "helper"): ("wire", "wire", "wire"),
-    (MsgType.REPORT_CHUNK, "leader"): ("round_state", "round_state", "round_state"),
-    (MsgType.REPORT_CHUNK, "helper"): ("round_state", "round_state", "round_state"),
+    (MsgType.STATUS, "dense"): ("STATUS", "STATUS", "STATUS"),
+    (MsgType.STATUS, "seed"): ("STATUS", "STATUS", "STATUS"),
+    (MsgType.GET_SPEC, "dense"): ("round_state", "SPEC", "SPEC"),
+    (MsgType.GET_SPEC, "seed"): ("round_state", "SPEC", "SPEC"),
+    (MsgType.OPEN_ROUND, "dense"): ("OK", "OK", "already_revealed"),
+    (MsgType.OPEN_ROUND, "seed"): ("OK", "OK", "already_revealed"),
+    (MsgType.REPORT, "dense"): ("round_state", "wire", "round_state"),
+    (MsgType.REPORT, "seed"): ("round_state", "later", "round_state"),
+    (MsgType.REPORT_BEGIN, "dense"): ("round_state", "OK", "round_state"),
+    (MsgType.REPORT_BEGIN, "seed"): ("round_state", "wire", "round_state"),
+    (MsgType.REPORT_CHUNK, "dense"): ("round_state", "round_state", "round_state"),
+    (MsgType.REPORT_CHUNK, "seed"): ("round_state", "round_state", "round_state"),
     (MsgType.CLOSE_ROUND, "all"): ("round_state", "SUM_SHARE", "already_revealed"),
     **{(t, role): ("wire", "wire", "wire") for t in (MsgType.ERROR, MsgType.OK, MsgType.SPEC, MsgType.SUM_SHARE,
                                                       MsgType.PEER, MsgType.DEALER_REQUEST, MsgType.DEALER_REPLY)
-       for role in ("leader", "helper")},
+       for role in ("dense", "seed")},
 }
 
 
 def test_the_table_covers_every_message_type() -> None:
     assert {t for t, _ in EXPECTED} == set(MsgType)
+    assert (dense_party(spec_for(), bytes.fromhex(HEX), 3), SEED) == (DENSE, 0)
 
 
 @pytest.mark.parametrize("phase", [Phase.ABSENT, Phase.OPEN, Phase.REVEALED], ids=lambda p: p.value)
@@ -109,10 +115,11 @@ def test_every_message_type_in_every_state(tmp_path: Path, phase: Phase) -> None
             assert got == {want[col]}, (mtype.name, phase, got)
             continue
         identity, meta, payloads = request_for(mtype, spec)
-        got = outcome(ip.request(0 if role == "leader" else 1, identity, mtype, meta, payloads))
+        party = DENSE if role == "dense" else SEED
+        got = outcome(ip.request(party, identity, mtype, meta, payloads))
         assert got == want[col], (mtype.name, role, phase, got)
-        moved = Phase.OPEN if mtype == MsgType.OPEN_ROUND and phase is Phase.ABSENT and role == "leader" else phase
-        assert ip.parties[0].table.phase(1) is moved  # only OPEN_ROUND and CLOSE_ROUND move the state
+        moved = Phase.OPEN if mtype == MsgType.OPEN_ROUND and phase is Phase.ABSENT else phase
+        assert ip.parties[party].table.phase(1) is moved  # only OPEN_ROUND and CLOSE_ROUND move the state
 
 
 def test_a_round_reveals_the_weighted_average(tmp_path: Path) -> None:
@@ -156,12 +163,14 @@ def test_refused_requests_change_nothing(tmp_path: Path) -> None:
         "auth": [ip.request(0, "client:x", MsgType.OPEN_ROUND, {"spec": spec.to_json()}),
                  ip.request(1, "client:x", MsgType.CLOSE_ROUND, {"round": 1, "session": "s", "deadline": 1e12}),
                  ip.request(0, "coordinator", MsgType.REPORT_BEGIN, {**report, "deadline": 1.0})],
-        "unknown_client": [ip.request(1, "client:other", MsgType.REPORT, report, seed)],
-        "spec_mismatch": [ip.request(1, "client:new", MsgType.REPORT, {**report, "spec_digest": "0" * 64}, seed)],
-        "duplicate_report": [ip.request(1, "client:c0", MsgType.REPORT, {**report, "client": "c0"}, seed)],
+        "unknown_client": [ip.request(SEED, "client:other", MsgType.REPORT, report, seed)],
+        "spec_mismatch": [ip.request(SEED, "client:new", MsgType.REPORT, {**report, "spec_digest": "0" * 64}, seed)],
+        "duplicate_report": [ip.request(SEED, "client:c0", MsgType.REPORT, {**report, "client": "c0"}, seed)],
         "refused": [ip.request(1, "coordinator", MsgType.CLOSE_ROUND,
                                {"round": 1, "session": "s", "deadline": 1e12, "cohort": []})],
-        "wire": [ip.request(1, "client:new", MsgType.REPORT, report, [bytes(31)])],
+        "wire": [ip.request(SEED, "client:new", MsgType.REPORT, report, [bytes(31)]),
+                 ip.request(DENSE, "client:new", MsgType.REPORT, report, seed),  # a seed to the dense party
+                 ip.request(SEED, "client:new", MsgType.REPORT_BEGIN, {**report, "deadline": time.time() + 30})],
     }
     for code, answers in refusals.items():
         assert [outcome(a) for a in answers] == [code] * len(answers), code
@@ -174,8 +183,8 @@ def test_queued_upload_is_answered_when_a_slot_frees(tmp_path: Path) -> None:
     ip, spec = InProcess(tmp_path, upload_limits=UploadLimits(slots=1)), spec_for()
     ip.open(spec)
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
-    first = {**report, "client": "c0", "report_id": "01" * 16}
-    second = {**report, "client": "c1", "report_id": "02" * 16}
+    first = {**report, "client": "c0", "report_id": "ab" * 16}  # both dense at party 0
+    second = {**report, "client": "c1", "report_id": "33" * 16}
     go = ip.request(0, "client:c0", MsgType.REPORT_BEGIN, first)
     assert outcome(ip.request(0, "client:c1", MsgType.REPORT_BEGIN, second)) == "later"
     for start in range(0, DIM + 1, 8):
@@ -187,19 +196,23 @@ def test_queued_upload_is_answered_when_a_slot_frees(tmp_path: Path) -> None:
 
 
 def test_a_crash_loses_nothing_acknowledged_and_no_partial_upload(tmp_path: Path) -> None:
+    """Every party holds dense shares and seeds (the three reports' dense parties are 0, 1 and 2); after
+    a crash each reloads both kinds, by the kind its log records, and the round closes exactly."""
     ip, spec = InProcess(tmp_path), spec_for()
     ip.open(spec)
     ups = updates(3)
-    for j, u in enumerate(ups):
-        ip.submit(f"c{j}", spec, u)
+    for j, (u, rid) in enumerate(zip(ups, ("ab", "44", "bb"))):
+        ip.submit(f"c{j}", spec, u, report_id=bytes.fromhex(rid * 16))
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
-    go = ip.request(0, "client:new", MsgType.REPORT_BEGIN, report)
-    first = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": 0},
+    go = ip.request(DENSE, "client:new", MsgType.REPORT_BEGIN, report)
+    first = ip.request(DENSE, "bulk", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": 0},
                        sealed(go, spec, HEX, 0, np.ones(8, "<i8")))
     assert outcome(first) == "OK" and first[1]["next"] == 8
     for i in range(3):  # every party crashes and restarts from its state directory
         ip.restart(i)
     assert [p.table.summary()["1"]["reports"] for p in ip.parties] == [3, 3, 3]
+    kinds = [sorted(r.kind for r in p.table.rounds[1].stored.values()) for p in ip.parties]
+    assert kinds == [["dense", "seed", "seed"]] * 3
     answers = ip.close(1)
     np.testing.assert_allclose(InProcess.average(spec, answers), sum(ups) / 3, atol=1e-6)
     ip.restart(2)  # and after the reveal: the round stays revealed, its id is never reused
@@ -214,7 +227,7 @@ def test_sealed_chunks_reordered_replayed_or_altered_are_refused(tmp_path: Path)
     ip.open(spec)
     ups = updates(2)
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
-    a, b = {**report, "client": "a", "report_id": "0a" * 16}, {**report, "client": "b", "report_id": "0b" * 16}
+    a, b = {**report, "client": "a", "report_id": "ab" * 16}, {**report, "client": "b", "report_id": "33" * 16}
     go_a, go_b = ip.request(0, "client:a", MsgType.REPORT_BEGIN, a), ip.request(0, "client:b", MsgType.REPORT_BEGIN, b)
     first, second = np.full(8, 1 << 40, dtype="<i8"), np.full(8, 1 << 41, dtype="<i8")
     a0, a8 = sealed(go_a, spec, a["report_id"], 0, first), sealed(go_a, spec, a["report_id"], 8, second)

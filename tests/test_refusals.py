@@ -29,7 +29,7 @@ from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MsgType
 from parties import Coordinator
 from parties.launcher import LocalDeployment
-from rawupload import RawUpload
+from rawupload import RawUpload, report_id_for
 
 pytestmark = pytest.mark.timeout(180)
 SHAPES = {"w": (20,)}
@@ -71,7 +71,7 @@ def test_second_report_and_replayed_report_id_refused(dep3: LocalDeployment, rou
         spec = RoundSpec.create(round_id, SHAPES, min_clients=3, parties=3)
         req = _raw(dep3, 1, c.public_key, c.private_key_file)
         try:
-            rid = os.urandom(16)
+            rid = bytes.fromhex(report_id_for(spec, 3, 0))  # dense at party 0: party 1 takes a seed
             meta = {"round": round_id, "client": "client-1", "report_id": rid.hex(), "spec_digest": spec.digest()}
             req.request(MsgType.REPORT, meta, [os.urandom(32)], timeout_s=10, what="party 1")
             with pytest.raises(DuplicateReportError):
@@ -190,18 +190,21 @@ def test_stored_share_is_indistinguishable_from_uniform(dep3: LocalDeployment, r
             report = c.submit(round_id, {"w": np.zeros(40_000)})  # worst case: a constant delta
     from mpc_agg.store import RoundStore
 
+    dense = []
     for party in range(3):
         store = RoundStore(dep3.deployment.party(party).state_dir)
         [rnd] = [r for r in store.load() if r.spec.round_id == round_id]
         [rep] = [r for r in rnd.reports if r.report == report]
         stored = store.read_material(rnd.dir, rep)
-        if party == 0:
+        if rep.kind == "dense":
+            dense.append(party)
             assert len(stored) == 8 * 40_001
             counts = np.bincount(np.frombuffer(stored, dtype=np.uint8), minlength=256)
             assert stats.chisquare(counts).pvalue > 1e-4
             assert np.frombuffer(stored, dtype=np.int64)[:-1].any()
         else:
-            assert len(stored) == 32  # a helper holds only a seed
+            assert rep.kind == "seed" and len(stored) == 32  # the others hold only a seed
+    assert len(dense) == 1  # one party holds the dense share
 
 
 def test_bad_frames_get_a_typed_error_and_the_party_stays_up(dep3: LocalDeployment, round_id: int) -> None:

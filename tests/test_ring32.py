@@ -19,7 +19,8 @@ from mpc_agg.bulk import UploadSeal
 from mpc_agg.config import read_secret_key
 from mpc_agg.errors import ConfigError, RangeError, RingSizeError, WireError
 from mpc_agg.fixedpoint import decode_average, encode
-from mpc_agg.sharing import ShareContext, accumulate_seed, leader_chunk32, leader_share, new_seeds
+from mpc_agg.sharing import (ShareContext, accumulate_seed, dense_party, leader_chunk32, leader_share, new_seeds,
+                             seed_parties)
 from mpc_agg.spec import RoundSpec
 from mpc_agg.transport import Requester, SecureContext
 from mpc_agg.wire import MAX_PAYLOADS, MsgType
@@ -37,8 +38,9 @@ def _updates(n: int, d: int, clip: float, seed: int = 0) -> np.ndarray:
 
 def _simulate(spec: RoundSpec, updates: np.ndarray, weights: list[float], *, parties: int = 3,
               chunk: int = 64) -> tuple[np.ndarray, float]:
-    """The whole data path in one process: encode, share (helpers' seeds, the leader's chunks in
-    the round's wire layout), each party's running sum, its sum-share frames, the coordinator's decode."""
+    """The whole data path in one process: encode, share (seeds, and the dense share in chunks in the
+    round's wire layout, at a dense party that rotates over the reports), each party's running sum, its
+    sum-share frames, the coordinator's decode."""
     bits, d = spec.ring_bits, spec.dim
     totals = [np.zeros(d + 1, dtype=np.int64) for _ in range(parties)]
     for i, (x, w) in enumerate(zip(updates, weights)):
@@ -46,15 +48,15 @@ def _simulate(spec: RoundSpec, updates: np.ndarray, weights: list[float], *, par
         encode(x, spec.frac_bits, scale=w, out=vec[:-1], bound=spec.report_bound())
         encode([w], spec.frac_bits, out=vec[-1:])
         ctx = ShareContext(spec.round_id, f"client-{i}", os.urandom(16))
-        seeds = new_seeds(parties)
+        seeds, dense = new_seeds(parties), i % parties
         for start in range(0, d + 1, chunk):
             part = vec[start:start + chunk]
-            payload = (leader_chunk32(part, seeds, ctx, start=start, dim=d) if bits == 32 else
-                       leader_share(part.copy(), seeds, ctx, start=start))
+            payload = (leader_chunk32(part, seeds, ctx, start=start, dim=d, dense=dense) if bits == 32 else
+                       leader_share(part.copy(), seeds, ctx, start=start, dense=dense))
             assert memoryview(payload).nbytes == ring.chunk_nbytes(bits, d, start, part.size)
-            view = totals[0][start:start + part.size]
+            view = totals[dense][start:start + part.size]
             view += ring.widen_chunk(payload, bits, d, start, part.size)
-        for j, seed in enumerate(seeds, start=1):
+        for j, seed in zip(seed_parties(parties, dense), seeds):
             accumulate_seed(totals[j], seed, ctx, j, bits=bits)
     revealed = np.zeros(d + 1, dtype=np.int64)
     for j, t in enumerate(totals):
@@ -241,20 +243,21 @@ def test_party_state_machine_in_a_32_bit_round(tmp_path: Path) -> None:
     for j, (u, w) in enumerate(zip(ups, weights)):
         assert all(isinstance(a, tuple) for a in ip.submit(f"c{j}", spec, u, w))
     ip.submit("partial", spec, ups[0], parties=[0, 2])  # party 1 never gets it
-    for i in range(3):  # recovery: the leader's log holds int64 (widened) shares, the helpers' seeds
+    for i in range(3):  # recovery: each log holds int64 (widened) dense shares and seeds, by the record's kind
         ip.restart(i)
     junk = np.full(8, 1 << 30, "<i4").data
     for rid, second in (("cd", np.ones(8, "<i8").data), ("ce", None)):
         begin = {"round": 1, "client": f"cut-{rid}", "report_id": rid * 16, "spec_digest": spec.digest(),
                  "deadline": 2e9}
-        go = ip.request(0, f"client:cut-{rid}", MsgType.REPORT_BEGIN, begin)
+        at = dense_party(spec, bytes.fromhex(rid * 16), 3)  # party 2 for "cd", 1 for "ce"
+        go = ip.request(at, f"client:cut-{rid}", MsgType.REPORT_BEGIN, begin)
         assert isinstance(go, tuple)
         seal = UploadSeal(bytes.fromhex(go[1]["key"]), 1, bytes.fromhex(rid * 16))
-        taken = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 0},
+        taken = ip.request(at, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 0},
                            [seal.seal_chunk(0, 8, junk)])
         assert isinstance(taken, tuple)  # in the running sum now
         if second is not None:  # 64-bit bytes in a 32-bit round: refused
-            bad = ip.request(0, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 8},
+            bad = ip.request(at, "bulk", MsgType.REPORT_CHUNK, {"report_id": rid * 16, "offset": 8},
                              [seal.seal_chunk(8, 8, second)])
             assert isinstance(bad, WireError)
     answers = ip.close(1)  # both uploads are still running: dropped by the close, their chunks taken back out

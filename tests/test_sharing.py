@@ -3,7 +3,9 @@ import pytest
 from scipy import stats
 
 from mpc_agg.errors import EncodingError
-from mpc_agg.sharing import ShareContext, expand_seed, new_seeds, reconstruct, split, xor_leader_share
+from mpc_agg.sharing import (ShareContext, dense_party, expand_seed, new_seeds, reconstruct, seed_parties, split,
+                             xor_leader_share)
+from mpc_agg.spec import RoundSpec
 
 CTX = ShareContext(round_id=7, client_id="client-0", report_id=bytes(range(16)))
 
@@ -15,6 +17,34 @@ def test_shares_reconstruct_exactly(k: int) -> None:
     assert len(seeds) == k - 1 and all(len(s) == 32 for s in seeds)
     helpers = [expand_seed(s, CTX, j, x.size) for j, s in enumerate(seeds, start=1)]
     assert np.array_equal(reconstruct([leader, *helpers]), x)
+
+
+@pytest.mark.parametrize("k,dense", [(2, 1), (3, 1), (3, 2), (5, 3)])
+def test_any_party_may_take_the_dense_share(k: int, dense: int) -> None:
+    """The dense party's share and the others' seeds, each expanded with its own party index, add up to x."""
+    x = np.random.default_rng(1).integers(-(2**62), 2**62, size=101, dtype=np.int64)
+    share, seeds = split(x, k, CTX, dense=dense)
+    others = seed_parties(k, dense)
+    assert dense not in others and len(others) == k - 1
+    expanded = [expand_seed(s, CTX, j, x.size) for j, s in zip(others, seeds)]
+    assert np.array_equal(reconstruct([share, *expanded]), x)
+    wrong = [expand_seed(s, CTX, j, x.size) for j, s in enumerate(seeds, start=1)]  # the leader-dense indices
+    assert not np.array_equal(reconstruct([share, *wrong]), x)
+
+
+def test_dense_party_rotates_with_the_report_id_except_in_verified_rounds() -> None:
+    plain = RoundSpec.create(1, {"w": (4,)})
+    verified = RoundSpec.create(1, {"w": (4,)}, clip_norm=1.0, verify_norm=True)
+    ids = [bytes([i]) * 16 for i in range(256)]
+    for k in (2, 3, 5):
+        got = [dense_party(plain, r, k) for r in ids]
+        assert got == [int.from_bytes(r[:8], "big") % k for r in ids]  # the rule, the same at every end
+        assert set(got) == set(range(k)) and min(got.count(p) for p in range(k)) > 256 // k - 20  # spread evenly
+        assert {dense_party(verified, r, k) for r in ids} == {0}  # verified rounds: the leader's (cohort.py)
+    with pytest.raises(EncodingError):
+        dense_party(plain, bytes(15), 3)
+    with pytest.raises(EncodingError):
+        seed_parties(3, 3)
 
 
 def test_expansion_is_deterministic_and_domain_separated() -> None:

@@ -9,8 +9,8 @@ from mpc_agg.wire import HEADER, MAGIC, PROTOCOL_VERSION, MsgType, decode_messag
 
 def test_known_answer_frames() -> None:
     frames = encode_message(MsgType.REPORT, {"b": 1, "a": "x"}, [b"\x01\x02"])
-    # magic "MPAG" | version 2 | type 6 (REPORT) | flags 0 | meta_len 15 | 1 payload
-    assert frames[0] == bytes.fromhex("4d504147" "02" "06" "0000" "0000000f" "00000001")
+    # magic "MPAG" | version 3 | type 6 (REPORT) | flags 0 | meta_len 15 | 1 payload
+    assert frames[0] == bytes.fromhex("4d504147" "03" "06" "0000" "0000000f" "00000001")
     assert frames[1] == b'{"a":"x","b":1}'  # canonical JSON: sorted keys, no spaces
     assert frames[2] == b"\x01\x02"
 
@@ -36,7 +36,8 @@ def _frames(**over: object) -> list[bytes]:
         ([b"x"], "too few frames"),
         (_frames(magic=b"HTTP"), "magic"),
         (_frames(version=1), "version"),  # version 1: chunks over CURVE, before mpc_agg.bulk
-        (_frames(version=3), "version"),
+        (_frames(version=2), "version"),  # version 2: the dense share always at the leader
+        (_frames(version=4), "version"),
         (_frames(version=0), "version"),
         (_frames(type=200), "unknown type"),
         (_frames(flags=1), "flags"),
