@@ -34,7 +34,7 @@ from .errors import WireError
 from .wire import MAX_PAYLOADS
 
 __all__ = ["RING_BITS", "RING_HEADROOM_BITS", "WRAP_BITS", "noise_tail", "sum_bound", "fits",
-           "report_nbytes", "chunk_nbytes", "widen_chunk", "sum_share_frames", "add_sum_share", "reduce"]
+           "report_nbytes", "chunk_nbytes", "widen_chunk", "add_chunk", "sum_share_frames", "add_sum_share", "reduce"]
 
 RING_BITS = (32, 64)
 RING_HEADROOM_BITS = 1
@@ -100,6 +100,21 @@ def widen_chunk(buf: Any, bits: int, dim: int, start: int, count: int) -> npt.ND
     if weight:
         out[coords] = np.frombuffer(buf, dtype="<i8", count=1, offset=4 * coords)[0]
     return out
+
+
+def add_chunk(total: npt.NDArray[np.int64], buf: Any, bits: int, dim: int, start: int, count: int, *,
+              subtract: bool = False) -> None:
+    """``total[start:start+count] += values`` (or ``-=``) for values ``start ..`` of a report in wire layout
+    (32-bit shares sign-extended as they are added; no widened copy is made)."""
+    if memoryview(buf).nbytes != chunk_nbytes(bits, dim, start, count):
+        raise WireError(f"a chunk of {count} values at {start} must be {chunk_nbytes(bits, dim, start, count)} bytes")
+    op = np.subtract if subtract else np.add
+    coords, weight = _counts(dim, start, count) if bits == 32 else (count, 0)
+    view = total[start:start + coords]
+    op(view, np.frombuffer(buf, dtype=f"<i{bits // 8}", count=coords), out=view)
+    if weight:
+        w = total[start + coords:start + coords + 1]
+        op(w, np.frombuffer(buf, dtype="<i8", count=1, offset=4 * coords), out=w)
 
 
 def sum_share_frames(share: npt.NDArray[np.int64], bits: int, step: int) -> list[memoryview]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ConfigError
+from .ring import chunk_nbytes
 from .spec import RoundSpec
 
 __all__ = ["KINDS", "StoredReport", "StoredRound", "RoundStore", "ReportWriter"]
@@ -151,12 +152,26 @@ class RoundStore:
             f.seek(rep.offset)
             return f.read(rep.length)
 
-    def iter_material(self, rdir: Path, rep: StoredReport, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-        """(byte offset, bytes) blocks of a report's material, so a large share is never read whole."""
+    def iter_values(self, rdir: Path, rep: StoredReport, bits: int, dim: int,
+                    values: int = 1 << 20) -> Iterator[tuple[int, int, bytes]]:
+        """(first value, value count, bytes) blocks of a dense share as it was logged (mpc_agg.ring's wire
+        layout: 4 bytes a coordinate in a 32-bit round), so a large share is never read whole.  A record cut
+        short (an aborted upload's prefix: whole values, the weight only in a whole record) yields what it
+        holds."""
         with open(rdir / "reports.log", "rb") as f:
             f.seek(rep.offset)
-            for pos in range(0, rep.length, block):
-                yield pos, f.read(min(block, rep.length - pos))
+            pos = 0
+            for start in range(0, dim + 1, values):
+                count = min(values, dim + 1 - start)
+                n = chunk_nbytes(bits, dim, start, count)
+                if pos + n > rep.length:
+                    count = (rep.length - pos) // (bits // 8)
+                    n = chunk_nbytes(bits, dim, start, count)
+                if count:
+                    yield start, count, f.read(n)
+                pos += n
+                if pos >= rep.length:
+                    return
 
     def mark_revealed(self, rdir: Path, cohort: list[str], reports: dict[str, str]) -> None:
         """Durably mark the round revealed (never again), keeping the cohort and every report id (the replay

@@ -20,6 +20,7 @@ import torch
 from mpc_agg import wraptest
 from mpc_agg.errors import RefusedError
 from mpc_agg.normcheck import check_weights, verify_norms
+from mpc_agg.ring import chunk_nbytes, widen_chunk
 from mpc_agg.sharing import ShareContext, expand_seed
 from mpc_agg.store import RoundStore
 from parties.agreement import Collective
@@ -129,8 +130,11 @@ class CohortSteps:
         path = self.store.material_path(self.st.dir)
         for j, h in enumerate(reports):
             rep = self.st.stored[h]
-            if dense_here(rep, self.party):
-                rows[j] = np.fromfile(path, dtype="<i8", count=count, offset=rep.offset + 8 * start)
+            if dense_here(rep, self.party):  # logged in wire layout (mpc_agg.ring)
+                bits, dim = self.st.spec.ring_bits, self.st.spec.dim
+                raw = np.fromfile(path, dtype=np.uint8, count=chunk_nbytes(bits, dim, start, count),
+                                  offset=rep.offset + chunk_nbytes(bits, dim, 0, start))
+                rows[j] = widen_chunk(raw, bits, dim, start, count)
             else:  # keystream slices start on an AES block (2 values): read from the block's start
                 ctx = ShareContext(self.st.spec.round_id, self.st.reports[h], bytes.fromhex(h))
                 lead = start % 2

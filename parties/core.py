@@ -23,7 +23,7 @@ from mpc_agg.config import PartyConfig
 from mpc_agg.crypten_glue import import_crypten
 from mpc_agg.errors import AuthError, MpcAggError, RefusedError, RoundStateError, WireError
 from mpc_agg.logs import event
-from mpc_agg.ring import chunk_nbytes, sum_share_frames, widen_chunk
+from mpc_agg.ring import add_chunk, chunk_nbytes, report_nbytes, sum_share_frames
 from mpc_agg.service import Reply, ReplyTo, Request
 from mpc_agg.sharing import SEED_BYTES
 from mpc_agg.spec import RoundSpec
@@ -34,7 +34,7 @@ from parties.agreement import CloseStatus, Collective, agree
 from parties.cohort import CohortSteps
 from parties.group_commit import GroupCommit
 from parties.rounds import Phase, RoundTable
-from parties.running_sum import HeldRound, RunningSum
+from parties.running_sum import HeldRound
 from parties.uploads import Upload, UploadLimits, UploadScheduler
 
 __all__ = ["PartyCore", "PeerLink", "Outbox"]
@@ -125,7 +125,8 @@ class PartyCore:
         self.schedule()  # free what has expired before judging this one
         now = self.now()
         stated = now + (float(req.meta["deadline"]) - self.wall())
-        up = self.uploads.offer(req.reply_to, st.spec.round_id, client, report_hex, 8 * (st.spec.dim + 1),
+        up = self.uploads.offer(req.reply_to, st.spec.round_id, client, report_hex,
+                                report_nbytes(st.spec.ring_bits, st.spec.dim),
                                 client_deadline=stated, now=now)
         return None if up is None else self._start(st, up)  # None: queued, answered by schedule()
 
@@ -145,14 +146,13 @@ class PartyCore:
             raise RoundStateError("no upload of this report is in progress")
         st = self.table.rounds[up.round_id]
         count = min(self.chunk_values, st.spec.dim + 1 - up.received)
-        bits, sealed = st.spec.ring_bits, req.msg.payloads[0]  # 32-bit shares: kept as int64, log and sum
+        bits, sealed = st.spec.ring_bits, req.msg.payloads[0]
         if req.meta["offset"] != up.received or sealed.nbytes != TAG_BYTES + chunk_nbytes(
                 bits, st.spec.dim, up.received, count):
             raise WireError(f"expected the chunk at {up.received} of {count} values")
         chunk = up.seal.open_chunk(up.received, count, sealed)  # SealError: altered, moved or replayed
-        values = widen_chunk(chunk, bits, st.spec.dim, up.received, count).data
-        up.writer.write(values)
-        RunningSum.add_chunk(st, up.received, values)
+        up.writer.write(chunk)  # logged as it came (4 bytes a coordinate in a 32-bit round)
+        add_chunk(st.total, chunk, bits, st.spec.dim, up.received, count)
         self.uploads.progress(up, count, self.now())
         done = up.received == st.spec.dim + 1
         ack = {"report_id": report_hex, "next": up.received, "done": done,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mpc_agg.ring import add_chunk
 from mpc_agg.sharing import ShareContext, accumulate_seed
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore, StoredReport
@@ -36,7 +37,7 @@ class HeldRound:
     dir: Path
     total: np.ndarray
     """this party's share of the sum of every held report (int64, d values and the weight; 32-bit shares
-    sign-extended, mpc_agg.ring); empty once revealed"""
+    sign-extended as they are added, mpc_agg.ring.add_chunk); empty once revealed"""
     reports: dict[str, str] = field(default_factory=dict)  # report id (hex) -> client id
     stored: dict[str, StoredReport] = field(default_factory=dict)  # where each report's material lies
     clients: set[str] = field(default_factory=set)
@@ -53,14 +54,6 @@ class RunningSum:
     def empty(spec: RoundSpec) -> np.ndarray:
         return np.zeros(spec.dim + 1, dtype=np.int64)
 
-    @staticmethod
-    def add_chunk(st: HeldRound, offset: int, chunk: bytes | memoryview) -> None:
-        """The dense party: add dense share values ``offset ..`` (little-endian int64; a 32-bit round's
-        shares sign-extended, mpc_agg.ring.widen_chunk) to the sum."""
-        values = np.frombuffer(chunk, dtype="<i8")
-        view = st.total[offset:offset + values.size]
-        np.add(view, values, out=view)
-
     def add_seed(self, st: HeldRound, client: str, report_hex: str, seed: bytes, *, subtract: bool = False) -> None:
         """A seed's report: expand the seed into this party's share and add (or subtract) it."""
         ctx = ShareContext(st.spec.round_id, client, bytes.fromhex(report_hex))
@@ -71,7 +64,6 @@ class RunningSum:
         if not dense_here(rep, self.party):
             self.add_seed(st, rep.client, rep.report, self.store.read_material(st.dir, rep), subtract=subtract)
             return
-        op = np.subtract if subtract else np.add
-        for pos, block in self.store.iter_material(st.dir, rep):
-            view = st.total[pos // 8: pos // 8 + len(block) // 8]
-            op(view, np.frombuffer(block, dtype="<i8"), out=view)
+        bits, dim = st.spec.ring_bits, st.spec.dim
+        for start, count, block in self.store.iter_values(st.dir, rep, bits, dim):
+            add_chunk(st.total, block, bits, dim, start, count, subtract=subtract)

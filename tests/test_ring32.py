@@ -243,7 +243,9 @@ def test_party_state_machine_in_a_32_bit_round(tmp_path: Path) -> None:
     for j, (u, w) in enumerate(zip(ups, weights)):
         assert all(isinstance(a, tuple) for a in ip.submit(f"c{j}", spec, u, w))
     ip.submit("partial", spec, ups[0], parties=[0, 2])  # party 1 never gets it
-    for i in range(3):  # recovery: each log holds int64 (widened) dense shares and seeds, by the record's kind
+    dense = [rep for p in ip.parties for rep in p.table.rounds[1].stored.values() if rep.kind == "dense"]
+    assert len(dense) >= 3 and {rep.length for rep in dense} == {ring.report_nbytes(32, d)}  # logged as sent
+    for i in range(3):  # recovery: each log holds dense shares in wire layout and seeds, by the record's kind
         ip.restart(i)
     junk = np.full(8, 1 << 30, "<i4").data
     for rid, second in (("cd", np.ones(8, "<i8").data), ("ce", None)):
