@@ -32,6 +32,7 @@ experiments-quick: install
 
 bench: install
 	$(BIN)/python -m benchmarks.overhead --clients 10 --dim 1000000 --parties 3 --repeat 5 --json bench-out/overhead.json
+	$(BIN)/python -m benchmarks.overhead --clients 10 --dim 10000 --parties 3 --repeat 9 --json bench-out/overhead-1e4.json
 	$(BIN)/python -m benchmarks.load --clients 1000 --dim 10000 --parties 3 --json bench-out/load.json
 	$(BIN)/python -m benchmarks.large --dim 100000000 --clients 4 --parties 3 --json bench-out/large.json
 
@@ -45,3 +46,5 @@ clean:
 # Flower's SecAgg+, plain FedAvg and Flower + mpc-agg (adapter) beside mpc-agg (flwr 1.42 is in .venv)
 bench-flower: install
 	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --json bench-out/flower_secagg.json
+	$(BIN)/python -m benchmarks.flower_secagg --clients 10 --dim 1000000 --repeat 5 --num-shares 10 --threshold 7 \
+		--json bench-out/flower_secagg-n.json
