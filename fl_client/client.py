@@ -4,10 +4,11 @@ The client fetches the round's spec from every party and refuses to submit
 unless all of them agree (a coordinator cannot hand parties different specs).
 The upload is the dense share vector to the report's dense party (mpc_agg.sharing,
 ``dense_party``: it rotates with the report id; the leader in verify_norm rounds) and a
-32-byte seed to each other party over its CURVE channel: once the dense party admits
-the upload over CURVE and hands out its key, in AES-GCM-sealed chunks to its bulk endpoint
-(mpc_agg.bulk): 4 bytes per coordinate in rounds whose spec states a 32-bit ring
-(mpc_agg.ring), 8 otherwise, plus the 8-byte weight coordinate.
+32-byte seed to each other party over its CURVE channel.  The dense share is 4 bytes per
+coordinate in rounds whose spec states a 32-bit ring (mpc_agg.ring), 8 otherwise, plus the
+8-byte weight coordinate.  Up to ``INLINE_MAX`` bytes it goes whole in a REPORT over CURVE,
+like a seed; larger, once the dense party admits the upload over CURVE and hands out its
+key, in AES-GCM-sealed chunks to its bulk endpoint (mpc_agg.bulk).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from mpc_agg.errors import ConfigError, EncodingError, NoiseFloorError, RangeErr
 from mpc_agg.fanout import PartyLinks
 from mpc_agg.fixedpoint import HEADROOM_BITS, encode
 from mpc_agg.messages import request
-from mpc_agg.sharing import ShareContext, dense_party, leader_chunk32, leader_share, new_seeds, seed_parties
+from mpc_agg.ring import report_nbytes
+from mpc_agg.sharing import ShareContext, dense_chunk, dense_party, new_seeds, seed_parties
 from mpc_agg.spec import RoundSpec
 from mpc_agg.trust import check_client_consent
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import UPLOAD_WINDOW, MsgType
+from mpc_agg.wire import INLINE_MAX, UPLOAD_WINDOW, MsgType
 
 __all__ = ["SecureAggClient", "flatten_update", "clip_to_norm"]
 
@@ -185,7 +187,7 @@ class SecureAggClient:
         if not np.all(np.isfinite(x)):
             raise EncodingError("update contains NaN or infinite values")
         if clip and spec.clip_norm is not None:
-            x = clip_to_norm(x, spec.clip_norm)
+            x = clip_to_norm(x, self._clip_target(spec, spec.clip_norm, noised=event is not None))
         bound = spec.report_bound()  # 32-bit rounds: what the ring was sized for (RangeError past it)
         if event is None:
             ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
@@ -218,9 +220,12 @@ class SecureAggClient:
         meta = request(MsgType.REPORT, round=spec.round_id, client=self.client_id, report_id=report_id.hex(),
                        spec_digest=spec.digest())
         deadline = time.monotonic() + self.timeout_s
-        # seeds first (tiny), then the dense share in chunks
-        sent = [self._req.send(i, MsgType.REPORT, meta, [seed]) for i, seed in zip(others, seeds)]
-        self._upload_dense(dense, meta, ring, seeds, ctx, deadline, spec.ring_bits)
+        sent = [self._req.send(i, MsgType.REPORT, meta, [seed]) for i, seed in zip(others, seeds)]  # seeds first
+        if report_nbytes(spec.ring_bits, spec.dim) <= INLINE_MAX:  # a small dense share rides in its REPORT
+            whole = dense_chunk(ring, seeds, ctx, start=0, dim=spec.dim, bits=spec.ring_bits, dense=dense)
+            sent.append(self._req.send(dense, MsgType.REPORT, meta, [whole]))
+        else:
+            self._upload_dense(dense, meta, ring, seeds, ctx, deadline, spec.ring_bits)
         self._req.collect(sent, deadline)
         return report_id.hex()
 
@@ -238,12 +243,8 @@ class SecureAggClient:
         bulk = self._bulk_link(dense)
         pending: collections.deque[tuple[str, int]] = collections.deque()
         for start in range(0, ring.size, chunk):
-            part = ring[start:start + chunk]
-            if bits == 64:
-                leader_share(part, seeds, ctx, start=start, out=part, dense=dense)  # in place: ring not needed again
-                payload = part.data
-            else:
-                payload = leader_chunk32(part, seeds, ctx, start=start, dim=ring.size - 1, dense=dense).data
+            part = ring[start:start + chunk]  # (at 64 bits shared in place: the ring is not needed again)
+            payload = dense_chunk(part, seeds, ctx, start=start, dim=ring.size - 1, bits=bits, dense=dense)
             head = request(MsgType.REPORT_CHUNK, report_id=meta["report_id"], offset=start)
             sealed = seal.seal_chunk(start, part.size, payload)
             pending.append((bulk.send(MsgType.REPORT_CHUNK, head, [sealed]), start + part.size))
@@ -267,6 +268,16 @@ class SecureAggClient:
         if i not in self._bulk:
             self._bulk[i] = Requester(self.sctx.bulk_client(self.dep.parties[i].bulk_endpoint))
         return self._bulk[i]
+
+    @staticmethod
+    def _clip_target(spec: RoundSpec, clip_norm: float, *, noised: bool) -> float:
+        """The norm to clip to.  In an un-noised verified round, clip_norm less what rounding to nearest may
+        add (at most sqrt(d)/2 ring units, by the triangle inequality), so that the encoded report always
+        passes the parties' check (mpc_agg.normcheck), even at the bound; noised rounds round randomly
+        under a bound that already allows for it (mpc_agg.dp.rounded_norm_bound)."""
+        if not spec.verify_norm or noised:
+            return clip_norm
+        return max(0.0, clip_norm - math.sqrt(spec.dim) / 2.0 ** (spec.frac_bits + 1))
 
     def _check_privacy(self, spec: RoundSpec, weight: float) -> SkellamRound | None:
         """Apply this client's own floors; returns the round's DP event (None when un-noised)."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .spec import RoundSpec
 
 __all__ = ["SEED_BYTES", "ShareContext", "dense_party", "seed_parties", "expand_seed", "accumulate_seed", "new_seeds",
-           "leader_share", "leader_chunk32", "split", "reconstruct", "xor_leader_share"]
+           "leader_share", "leader_chunk32", "dense_chunk", "split", "reconstruct", "xor_leader_share"]
 
 SEED_BYTES = 32
 SHARE_DERIVATION = b"v1"
@@ -191,6 +191,15 @@ def leader_chunk32(part: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareCo
     if weight:  # the 64-bit keystream's element ``dim``, as in a 64-bit round
         buf[4 * coords:].view(np.int64)[:] = leader_share(part[coords:], seeds, ctx, start=dim, dense=dense)
     return buf
+
+
+def dense_chunk(part: npt.NDArray[np.int64], seeds: list[bytes], ctx: ShareContext, *, start: int, dim: int,
+                bits: int, dense: int = 0) -> memoryview:
+    """Wire bytes of the dense share of ``part``, values ``start ..`` of a report of ``dim`` update coordinates
+    in the round's layout (mpc_agg.ring); at 64 bits computed in place in ``part``."""
+    if bits == 64:
+        return leader_share(part, seeds, ctx, start=start, out=part, dense=dense).data
+    return leader_chunk32(part, seeds, ctx, start=start, dim=dim, dense=dense).data
 
 
 def split(

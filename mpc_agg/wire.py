@@ -37,6 +37,7 @@ from .errors import WireError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "INLINE_MAX",
     "MAGIC",
     "HEADER",
     "MAX_META_BYTES",
@@ -66,6 +67,9 @@ DEFAULT_MAX_PAYLOAD = 1 << 31
 MAX_PAYLOADS = 64
 UPLOAD_WINDOW = 2
 """REPORT_CHUNKs a client may have unacknowledged at the leader (the leader holds at most that many)."""
+INLINE_MAX = 256 << 10
+"""Largest dense share (bytes) that travels whole in its REPORT over CURVE, in one round trip; larger ones go
+in sealed chunks (REPORT_BEGIN, REPORT_CHUNK)."""
 
 
 class MsgType(enum.IntEnum):

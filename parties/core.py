@@ -29,7 +29,7 @@ from mpc_agg.sharing import SEED_BYTES
 from mpc_agg.spec import RoundSpec
 from mpc_agg.store import RoundStore
 from mpc_agg.trust import check_party_consent
-from mpc_agg.wire import MAX_PAYLOADS, MsgType, require
+from mpc_agg.wire import INLINE_MAX, MAX_PAYLOADS, MsgType, require
 from parties.agreement import CloseStatus, Collective, agree
 from parties.cohort import CohortSteps
 from parties.group_commit import GroupCommit
@@ -103,14 +103,22 @@ class PartyCore:
 
     # --- reports -----------------------------------------------------------------------------
     def on_report(self, req: Request) -> None:
-        """A report whose dense share goes to another party: one 32-byte seed, acknowledged after the next
-        fsync."""
+        """A whole report, acknowledged after the next fsync: one 32-byte seed, or at the report's dense
+        party a dense share of at most INLINE_MAX bytes (larger ones come in chunks: REPORT_BEGIN)."""
         st, client, report_hex = self.table.check_report(req.identity, req.meta, dense=False)
-        seed = req.msg.payloads[0]
-        if seed.nbytes != SEED_BYTES:
-            raise WireError(f"a seed report is one seed of {SEED_BYTES} bytes")
-        stored = self.store.add_report(st.dir, report_hex, client, seed, "seed", sync=False)
-        self.table.sums.add_seed(st, client, report_hex, bytes(seed))
+        payload, bits, dim = req.msg.payloads[0], st.spec.ring_bits, st.spec.dim
+        if self.table.is_dense(st, report_hex):
+            if report_nbytes(bits, dim) > INLINE_MAX:
+                raise WireError(f"party {self.id} takes report {report_hex}'s dense share in chunks (REPORT_BEGIN)")
+            if payload.nbytes != report_nbytes(bits, dim):
+                raise WireError(f"a dense report of this round is {report_nbytes(bits, dim)} bytes")
+            stored = self.store.add_report(st.dir, report_hex, client, payload, "dense", sync=False)
+            add_chunk(st.total, payload, bits, dim, 0, dim + 1)
+        else:
+            if payload.nbytes != SEED_BYTES:
+                raise WireError(f"a seed report is one seed of {SEED_BYTES} bytes")
+            stored = self.store.add_report(st.dir, report_hex, client, payload, "seed", sync=False)
+            self.table.sums.add_seed(st, client, report_hex, bytes(payload))
         self.table.acknowledge(st, client, report_hex, stored)
         self.commit.defer(st.dir, req.reply_to, {"report_id": report_hex})
 

@@ -25,10 +25,10 @@ from mpc_agg.errors import MpcAggError
 from mpc_agg.fixedpoint import decode_average, encode
 from mpc_agg import messages
 from mpc_agg.service import Reply, ReplyTo, Request, dispatch, new_counters
-from mpc_agg.ring import add_sum_share
-from mpc_agg.sharing import ShareContext, dense_party, leader_chunk32, leader_share, new_seeds, seed_parties
+from mpc_agg.ring import add_sum_share, report_nbytes
+from mpc_agg.sharing import ShareContext, dense_chunk, dense_party, new_seeds, seed_parties
 from mpc_agg.spec import RoundSpec
-from mpc_agg.wire import MsgType, decode_message, encode_message
+from mpc_agg.wire import INLINE_MAX, MsgType, decode_message, encode_message
 from parties.agreement import Collective, LocalGroup, LocalPeer
 from parties.core import PartyCore
 from parties.uploads import UploadLimits
@@ -54,11 +54,13 @@ class LocalPeers:
 
 
 class InProcess:
-    """``k`` parties whose state lives under ``root``; ``min_clients`` is every party's floor."""
+    """``k`` parties whose state lives under ``root``; ``min_clients`` is every party's floor.  Dense shares of
+    at most ``inline_max`` bytes go whole in a REPORT, as the client sends them (0: always in chunks)."""
 
     def __init__(self, root: Path, k: int = 3, *, min_clients: int = 1, chunk_values: int = 8,
-                 upload_limits: UploadLimits | None = None) -> None:
+                 upload_limits: UploadLimits | None = None, inline_max: int = INLINE_MAX) -> None:
         self.root, self.k, self.min_clients, self.chunk_values = root, k, min_clients, chunk_values
+        self.inline_max = inline_max
         self.upload_limits = upload_limits
         self.group = LocalGroup(k)
         self.later: list[list[tuple[ReplyTo, Answer]]] = [[] for _ in range(k)]
@@ -110,7 +112,7 @@ class InProcess:
                parties: Sequence[int] | None = None, report_id: bytes | None = None) -> list[Answer | None]:
         """An honest client's report: encode, share, send (to ``parties`` only, default all): a seed to
         every party but the report's dense party (mpc_agg.sharing.dense_party), which gets the dense share
-        in sealed chunks.  The answers of each party in order (after its group commit)."""
+        whole in its REPORT or in sealed chunks.  The answers of each party in order (after its group commit)."""
         ring = np.empty(spec.dim + 1, dtype=np.int64)
         encode(update, spec.frac_bits, scale=weight, out=ring[:-1])
         encode([weight], spec.frac_bits, out=ring[-1:])
@@ -122,16 +124,18 @@ class InProcess:
         who = f"client:{client}"
         answers: list[Answer | None] = []
         for i in range(self.k) if parties is None else parties:
-            if i != dense:
-                answers.append(self.request(i, who, MsgType.REPORT, meta, [seeds[i]]) or self.settle(i)[-1])
+            ctx = ShareContext(spec.round_id, client, report_id)
+            if i != dense or report_nbytes(spec.ring_bits, spec.dim) <= self.inline_max:
+                payload = seeds[i] if i != dense else dense_chunk(ring.copy(), list(seeds.values()), ctx, start=0,
+                                                                  dim=spec.dim, bits=spec.ring_bits, dense=i)
+                answers.append(self.request(i, who, MsgType.REPORT, meta, [payload]) or self.settle(i)[-1])
                 continue
             go = self.request(i, who, MsgType.REPORT_BEGIN, messages.request(MsgType.REPORT_BEGIN, **meta,
                                                                              deadline=time.time() + 30))
             if isinstance(go, MpcAggError) or go is None:
                 answers.append(go)
                 continue
-            answers.append(self._chunks(i, spec, ring, list(seeds.values()),
-                                        ShareContext(spec.round_id, client, report_id), go[1]["key"]))
+            answers.append(self._chunks(i, spec, ring, list(seeds.values()), ctx, go[1]["key"]))
         return answers
 
     def _chunks(self, party: int, spec: RoundSpec, ring: np.ndarray, seeds: list[bytes], ctx: ShareContext,
@@ -140,12 +144,11 @@ class InProcess:
         bulk endpoint: the last chunk's answer."""
         seal = UploadSeal(bytes.fromhex(key), spec.round_id, ctx.report_id)
         for start in range(0, ring.size, self.chunk_values):
-            part = ring[start:start + self.chunk_values]
-            share = (leader_chunk32(part, seeds, ctx, start=start, dim=spec.dim, dense=party) if spec.ring_bits == 32
-                     else leader_share(part, seeds, ctx, start=start, dense=party))
+            part = ring[start:start + self.chunk_values].copy()
+            share = dense_chunk(part, seeds, ctx, start=start, dim=spec.dim, bits=spec.ring_bits, dense=party)
             chunk = messages.request(MsgType.REPORT_CHUNK, report_id=ctx.report_id.hex(), offset=start)
             last = self.request(party, messages.BULK, MsgType.REPORT_CHUNK, chunk,
-                                [seal.seal_chunk(start, part.size, share.data)])
+                                [seal.seal_chunk(start, part.size, share)])
         return last or self.settle(party)[-1]
 
     def close(self, round_id: int, *, deadline_s: float = 10.0) -> list[Answer | None]:

@@ -94,8 +94,9 @@ class RoundTable:
 
     def check_report(self, identity: str, meta: dict[str, Any], *, dense: bool) -> tuple[HeldRound, str, str]:
         """The checks every new report passes before any of it is accepted: (round, client, report id).
-        ``dense``: the report comes as a dense share (REPORT_BEGIN), not a seed (REPORT); refused unless
-        this party is (or, for a seed, is not) the report's dense party (mpc_agg.sharing.dense_party)."""
+        ``dense``: the report comes as a dense share in chunks (REPORT_BEGIN), refused unless this party is
+        the report's dense party (mpc_agg.sharing.dense_party); a REPORT's handler checks its payload's
+        kind itself (a seed, or here a small dense share)."""
         client = reporting_client(identity, meta)
         st = self.get(meta)
         if st.revealed:
@@ -106,8 +107,6 @@ class RoundTable:
         owner = dense_party(st.spec, bytes.fromhex(report_hex), self.k)
         if dense and owner != self.party:
             raise WireError(f"report {report_hex}'s dense share goes to party {owner}, not party {self.party}")
-        if not dense and owner == self.party:
-            raise WireError(f"party {self.party} takes report {report_hex}'s dense share (REPORT_BEGIN), not a seed")
         if report_hex in self.seen_report_ids:
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
@@ -116,6 +115,10 @@ class RoundTable:
         if len(st.reports) >= cap:
             raise RoundStateError(f"round {st.spec.round_id} is full ({cap} reports)")
         return st, client, report_hex
+
+    def is_dense(self, st: HeldRound, report_hex: str) -> bool:
+        """Whether this party takes the report's dense share (mpc_agg.sharing.dense_party)."""
+        return dense_party(st.spec, bytes.fromhex(report_hex), self.k) == self.party
 
     def acknowledge(self, st: HeldRound, client: str, report_hex: str, stored: StoredReport) -> None:
         """A report is in the sum and sealed in the log (acknowledged to its client after the next fsync)."""

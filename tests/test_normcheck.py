@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from fl_client import SecureAggClient
+from fl_client.client import clip_to_norm
 from mpc_agg.errors import ConfigError, TrustError
+from mpc_agg.fixedpoint import encode
 from mpc_agg.spec import RoundSpec
 from parties import Coordinator
 from parties.launcher import LocalDeployment
@@ -85,6 +87,19 @@ def test_unclipped_client_rejected_and_exact_bound_accepted(vdep: LocalDeploymen
     for sq in ring_sq:
         for delta in range(-4096, 4097, 64):  # the exact value depends on rounding; scan around it
             assert (sq + delta).to_bytes(8, "little", signed=True) not in transcripts
+
+
+@pytest.mark.parametrize("frac_bits", [16, 24])
+def test_a_client_at_the_bound_always_encodes_within_it(frac_bits: int) -> None:
+    """Rounding to nearest may lengthen a vector clipped to exactly clip_norm past the parties' bound (about
+    one unit vector in 25 did at d = 3000); the client clips to clip_norm - sqrt(d)/2^(f+1) in verified rounds."""
+    spec = RoundSpec.create(1, {"w": (D,)}, min_clients=3, clip_norm=CLIP, frac_bits=frac_bits, verify_norm=True)
+    target = SecureAggClient._clip_target(spec, CLIP, noised=False)
+    assert CLIP - 1e-3 < target < CLIP
+    for seed in range(200):
+        v = np.random.default_rng(seed).normal(size=D)
+        encoded = encode(clip_to_norm(v / np.linalg.norm(v) * 2 * CLIP, target), frac_bits)
+        assert int(np.sum(encoded.astype(object) ** 2)) <= spec.norm_bound(), seed
 
 
 def test_verify_norm_needs_clip_and_fitting_bound() -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from mpc_agg.bulk import TAG_BYTES, UploadSeal
 from mpc_agg.errors import MpcAggError
+from mpc_agg.sharing import SEED_BYTES, dense_party
 from mpc_agg.sharing import dense_party
 from mpc_agg.spec import RoundSpec
-from mpc_agg.wire import MsgType
+from mpc_agg.wire import INLINE_MAX, MsgType
 from parties.inprocess import Answer, InProcess
 from parties.rounds import Phase
 from parties.uploads import UploadLimits
@@ -122,8 +123,9 @@ def test_every_message_type_in_every_state(tmp_path: Path, phase: Phase) -> None
         assert ip.parties[party].table.phase(1) is moved  # only OPEN_ROUND and CLOSE_ROUND move the state
 
 
-def test_a_round_reveals_the_weighted_average(tmp_path: Path) -> None:
-    ip, spec = InProcess(tmp_path), spec_for()
+@pytest.mark.parametrize("inline_max", [INLINE_MAX, 0], ids=["dense-in-report", "dense-in-chunks"])
+def test_a_round_reveals_the_weighted_average(tmp_path: Path, inline_max: int) -> None:
+    ip, spec = InProcess(tmp_path, inline_max=inline_max), spec_for()
     assert {outcome(a) for a in ip.open(spec)} == {"OK"}
     ups, weights = updates(4), [1.0, 2.0, 0.5, 3.0]
     for j, (u, w) in enumerate(zip(ups, weights)):
@@ -253,3 +255,22 @@ def test_sealed_chunks_reordered_replayed_or_altered_are_refused(tmp_path: Path)
     answers = ip.close(1)  # a's and b's unfinished uploads are cut off and taken back out of the sum
     np.testing.assert_allclose(InProcess.average(spec, answers), sum(ups) / 2, atol=1e-6)
     assert sorted(answers[0][1]["clients"]) == ["c0", "c1"]
+
+
+def test_a_dense_share_rides_in_its_report_only_when_small(tmp_path: Path) -> None:
+    """At its dense party a REPORT may carry the whole dense share of at most INLINE_MAX bytes, of the
+    round's exact size; a larger one must come in chunks.  Refusals store nothing; the rounds close exactly."""
+    for dim, inline in ((DIM, True), (INLINE_MAX // 8, False)):  # 64-bit rounds: 8 (d + 1) bytes
+        ip = InProcess(tmp_path / str(dim), chunk_values=1 << 16)
+        spec = RoundSpec.create(1, {"w": (dim,)}, min_clients=2, parties=3)
+        ip.open(spec)
+        report = {"round": 1, "client": "x", "report_id": HEX, "spec_digest": spec.digest()}
+        dense = dense_party(spec, bytes.fromhex(HEX), 3)
+        size = 8 * (dim + 1)
+        for payload in ([bytes(size)] if not inline else []) + [bytes(size - 8), bytes(SEED_BYTES)]:
+            assert outcome(ip.request(dense, "client:x", MsgType.REPORT, report, [payload])) == "wire"
+        assert ip.parties[dense].table.rounds[1].reports == {}
+        ups = [np.full(dim, 0.25), np.full(dim, 0.75)]
+        for j, u in enumerate(ups):
+            ip.submit(f"c{j}", spec, u)
+        np.testing.assert_allclose(InProcess.average(spec, ip.close(1)), np.full(dim, 0.5), atol=1e-6)
