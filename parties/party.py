@@ -23,7 +23,7 @@ from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deac
 from mpc_agg.messages import validate_request
 from mpc_agg.service import Reply, Request, Service
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MAX_META_BYTES, MsgType
+from mpc_agg.wire import MAX_META_BYTES, UPLOAD_WINDOW, MsgType
 from parties.agreement import Collective
 from parties.core import PartyCore
 from parties.uploads import UploadLimits
@@ -69,7 +69,7 @@ class Party(Service):
                            domain="clients", allowed=allowed, max_message=MAX_META_BYTES + (1 << 16))
         sock.rcvhwm = self.client_hwm
         bulk = sctx.bulk_server(cfg.bulk_endpoint, max_message=8 * self.chunk_values + TAG_BYTES + (1 << 16))
-        bulk.rcvhwm = self.client_hwm
+        bulk.rcvhwm = UPLOAD_WINDOW  # sealed chunks a client may have in flight (mpc_agg.wire)
         transcript = os.environ.get("MPC_AGG_TRANSCRIPT")
         comm = ZmqCommunicator(
             sctx, rank=party_id, endpoints=[p.peer_endpoint for p in deployment.parties],
