@@ -128,7 +128,8 @@ class PlainServer(Service):
         weight = float(require(req.meta, "weight", (int, float)))
         if not (math.isfinite(weight) and weight > 0):
             raise WireError("weight must be positive and finite")
-        if client in st.clients or any(u.client == client for u in st.uploads.values()):
+        if client in st.clients or any(u.client == client for u in st.uploads.values()) or \
+                req.meta.get("report_id") in st.uploads:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.round_id}")
         report, key = require(req.meta, "report_id", str), new_key()
         if len(report) != 32 or report.strip("0123456789abcdef"):

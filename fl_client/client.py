@@ -187,7 +187,7 @@ class SecureAggClient:
         if not np.all(np.isfinite(x)):
             raise EncodingError("update contains NaN or infinite values")
         if clip and spec.clip_norm is not None:
-            x = clip_to_norm(x, self._clip_target(spec, spec.clip_norm, noised=event is not None))
+            x = clip_to_norm(x, self._clip_target(spec, noised=event is not None))
         bound = spec.report_bound()  # 32-bit rounds: what the ring was sized for (RangeError past it)
         if event is None:
             ring = np.empty(x.size + 1, dtype=np.int64)  # the weighted update, then the weight itself
@@ -270,14 +270,19 @@ class SecureAggClient:
         return self._bulk[i]
 
     @staticmethod
-    def _clip_target(spec: RoundSpec, clip_norm: float, *, noised: bool) -> float:
+    def _clip_target(spec: RoundSpec, *, noised: bool) -> float:
         """The norm to clip to.  In an un-noised verified round, clip_norm less what rounding to nearest may
         add (at most sqrt(d)/2 ring units, by the triangle inequality), so that the encoded report always
         passes the parties' check (mpc_agg.normcheck), even at the bound; noised rounds round randomly
         under a bound that already allows for it (mpc_agg.dp.rounded_norm_bound)."""
+        clip_norm = float(spec.clip_norm or 0.0)
         if not spec.verify_norm or noised:
             return clip_norm
-        return max(0.0, clip_norm - math.sqrt(spec.dim) / 2.0 ** (spec.frac_bits + 1))
+        target = clip_norm - math.sqrt(spec.dim) / 2.0 ** (spec.frac_bits + 1)
+        if target < clip_norm / 2:
+            raise ConfigError(f"round {spec.round_id}: frac_bits {spec.frac_bits} is too coarse for clip_norm "
+                              f"{clip_norm} at d = {spec.dim}: rounding alone could exceed the bound")
+        return target
 
     def _check_privacy(self, spec: RoundSpec, weight: float) -> SkellamRound | None:
         """Apply this client's own floors; returns the round's DP event (None when un-noised)."""

@@ -24,6 +24,7 @@ import zmq
 
 from .errors import AuthError, MpcAggError, UnknownClientError, WireError
 from .logs import event
+from .messages import BULK
 from .transport import SecureContext, recv_authenticated
 from .wire import Message, MsgType, encode_message, require
 
@@ -187,7 +188,7 @@ class Service:
     def handle_one(self, *, bulk: bool = False) -> None:
         try:
             routing_id, identity, msg = recv_authenticated(self.bulk if bulk else self.sock,
-                                                           identity="bulk" if bulk else None)
+                                                           identity=BULK if bulk else None)
         except WireError as exc:
             self.counters["bad_frames"] += 1
             event(self.log, "bad_frame", logging.WARNING, service=self.name,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, MpcAggError
 from .ring import chunk_nbytes
 from .spec import RoundSpec
 
@@ -88,8 +88,8 @@ class StoredReport:
     offset: int  # of the material in reports.log
     length: int
     kind: str | None = None
-    """``"dense"`` or ``"seed"``, from the record's header; None for a record written before the dense
-    share rotated (its kind was the party's: dense at party 0, a seed elsewhere)."""
+    """``"dense"`` or ``"seed"``, from the record's header (every record has one); None only in the
+    list of a revealed round's reports, whose material is never read again."""
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,8 @@ class RoundStore:
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
-                    length, crc, kind = int(header["len"]), 0, header.get("kind")
-                    if kind is not None and kind not in KINDS:
+                    length, crc, kind = int(header["len"]), 0, header["kind"]
+                    if kind not in KINDS:
                         raise ValueError("unknown record kind")
                     start = pos + 8 + hlen
                     trailer = _CRC.size + (len(_DONE) if head[:4] == RECORD_MAGIC else 0)
@@ -225,9 +225,14 @@ class RoundStore:
         """Every round on disk, with the reports whose records are intact."""
         for rdir in sorted(self.root.glob("round-*")):
             try:
-                spec = RoundSpec.from_json(json.loads((rdir / "spec.json").read_text()))
+                raw = json.loads((rdir / "spec.json").read_text())
             except (OSError, ValueError):
                 continue  # a round whose OPEN was never acknowledged
+            try:
+                spec = RoundSpec.from_json(raw)
+            except MpcAggError as exc:  # e.g. written by a build that speaks another protocol version
+                raise ConfigError(f"{rdir}: cannot load this round ({exc}); a party keeps the state of one "
+                                  "protocol version: move the state directory aside to start afresh") from None
             if (rdir / "revealed").exists():
                 try:
                     ids = json.loads((rdir / "revealed").read_text())["reports"]

@@ -21,7 +21,7 @@ import torch
 from mpc_agg.bulk import TAG_BYTES, UploadSeal, new_key
 from mpc_agg.config import PartyConfig
 from mpc_agg.crypten_glue import import_crypten
-from mpc_agg.errors import AuthError, MpcAggError, RefusedError, RoundStateError, WireError
+from mpc_agg.errors import AuthError, DuplicateReportError, MpcAggError, RefusedError, RoundStateError, WireError
 from mpc_agg.logs import event
 from mpc_agg.ring import add_chunk, chunk_nbytes, report_nbytes, sum_share_frames
 from mpc_agg.service import Reply, ReplyTo, Request
@@ -105,9 +105,11 @@ class PartyCore:
     def on_report(self, req: Request) -> None:
         """A whole report, acknowledged after the next fsync: one 32-byte seed, or at the report's dense
         party a dense share of at most INLINE_MAX bytes (larger ones come in chunks: REPORT_BEGIN)."""
-        st, client, report_hex = self.table.check_report(req.identity, req.meta, dense=False)
+        st, client, report_hex, dense = self.table.check_report(req.identity, req.meta, dense=False)
+        if self.uploads.busy(client) or self.uploads.has(report_hex):  # (counted once it completes)
+            raise DuplicateReportError("this client or report id has an upload queued or in progress here")
         payload, bits, dim = req.msg.payloads[0], st.spec.ring_bits, st.spec.dim
-        if self.table.is_dense(st, report_hex):
+        if dense:
             if report_nbytes(bits, dim) > INLINE_MAX:
                 raise WireError(f"party {self.id} takes report {report_hex}'s dense share in chunks (REPORT_BEGIN)")
             if payload.nbytes != report_nbytes(bits, dim):
@@ -129,7 +131,7 @@ class PartyCore:
     # last one seals the record, acknowledged after the next group fsync.
 
     def on_begin(self, req: Request) -> Reply | None:
-        st, client, report_hex = self.table.check_report(req.identity, req.meta, dense=True)
+        st, client, report_hex, _ = self.table.check_report(req.identity, req.meta, dense=True)
         self.schedule()  # free what has expired before judging this one
         now = self.now()
         stated = now + (float(req.meta["deadline"]) - self.wall())
@@ -167,6 +169,11 @@ class PartyCore:
                "tag": up.seal.ack_tag(up.received, done)}
         if not done:
             return MsgType.OK, ack, []
+        try:  # e.g. the round filled up, or the client's report arrived otherwise, while this one uploaded
+            self.table.check_fresh(st, up.client, report_hex)
+        except MpcAggError as exc:
+            self._abort(up, f"refused when complete: {exc}")
+            raise
         stored = up.writer.commit(sync=False)
         self.uploads.finish(up)
         self.table.acknowledge(st, up.client, report_hex, stored)
@@ -183,11 +190,15 @@ class PartyCore:
             self.outbox(q.token, RoundStateError("waited too long for an upload slot; try again"))
         for q, up in admitted:
             st = self.table.rounds.get(q.round_id)
-            if st is None or st.revealed:
+            try:
+                if st is None or st.revealed:
+                    raise RoundStateError(f"round {q.round_id} is closed")
+                self.table.check_fresh(st, q.client, q.report)
+            except MpcAggError as exc:
                 self.uploads.finish(up)
-                self.outbox(q.token, RoundStateError(f"round {q.round_id} is closed"))
-            else:
-                self.outbox(q.token, self._start(st, up))
+                self.outbox(q.token, exc)
+                continue
+            self.outbox(q.token, self._start(st, up))
 
     def _abort(self, up: Upload, why: str) -> None:
         """Take an unfinished upload back out of the sum; its record stays unfinished (skipped on load)."""

@@ -92,8 +92,10 @@ class RoundTable:
         event(log, "open", party=self.party, round=spec.round_id, dim=spec.dim, digest=digest[:16])
         return st, True
 
-    def check_report(self, identity: str, meta: dict[str, Any], *, dense: bool) -> tuple[HeldRound, str, str]:
-        """The checks every new report passes before any of it is accepted: (round, client, report id).
+    def check_report(self, identity: str, meta: dict[str, Any], *,
+                     dense: bool) -> tuple[HeldRound, str, str, bool]:
+        """The checks every new report passes before any of it is accepted: (round, client, report id,
+        whether this party is its dense party).
         ``dense``: the report comes as a dense share in chunks (REPORT_BEGIN), refused unless this party is
         the report's dense party (mpc_agg.sharing.dense_party); a REPORT's handler checks its payload's
         kind itself (a seed, or here a small dense share)."""
@@ -107,18 +109,20 @@ class RoundTable:
         owner = dense_party(st.spec, bytes.fromhex(report_hex), self.k)
         if dense and owner != self.party:
             raise WireError(f"report {report_hex}'s dense share goes to party {owner}, not party {self.party}")
+        self.check_fresh(st, client, report_hex)
+        return st, client, report_hex, owner == self.party
+
+    def check_fresh(self, st: HeldRound, client: str, report_hex: str) -> None:
+        """Refuse a report the round cannot take now: its id used, its client in already, the round full.
+        Checked when a report arrives, and again when an upload is admitted and when it completes, so no
+        party ever holds more than its cap (a cohort is within every party's cap: the sum cannot wrap)."""
         if report_hex in self.seen_report_ids:
             raise DuplicateReportError(f"report id {report_hex} was already used")
         if client in st.clients:
             raise DuplicateReportError(f"client {client!r} already reported in round {st.spec.round_id}")
-        cap = min(self.max_reports, st.spec.cohort_limit)  # a cohort is within every helper's cap: no wrap
+        cap = min(self.max_reports, st.spec.cohort_limit)
         if len(st.reports) >= cap:
             raise RoundStateError(f"round {st.spec.round_id} is full ({cap} reports)")
-        return st, client, report_hex
-
-    def is_dense(self, st: HeldRound, report_hex: str) -> bool:
-        """Whether this party takes the report's dense share (mpc_agg.sharing.dense_party)."""
-        return dense_party(st.spec, bytes.fromhex(report_hex), self.k) == self.party
 
     def acknowledge(self, st: HeldRound, client: str, report_hex: str, stored: StoredReport) -> None:
         """A report is in the sum and sealed in the log (acknowledged to its client after the next fsync)."""

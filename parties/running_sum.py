@@ -22,10 +22,9 @@ from mpc_agg.store import RoundStore, StoredReport
 __all__ = ["HeldRound", "RunningSum", "dense_here"]
 
 
-def dense_here(rep: StoredReport, party: int) -> bool:
-    """Whether stored report ``rep`` is a dense share at ``party`` (its record says; a record from before
-    the dense share rotated has no kind, and was dense only at the leader)."""
-    return rep.kind == "dense" if rep.kind is not None else party == 0
+def dense_here(rep: StoredReport) -> bool:
+    """Whether stored report ``rep`` is a dense share (its record says), not a seed."""
+    return rep.kind == "dense"
 
 
 @dataclass
@@ -61,7 +60,7 @@ class RunningSum:
 
     def apply_stored(self, st: HeldRound, rep: StoredReport, *, subtract: bool = False) -> None:
         """Add (or subtract) one stored report's share, block by block from the log."""
-        if not dense_here(rep, self.party):
+        if not dense_here(rep):
             self.add_seed(st, rep.client, rep.report, self.store.read_material(st.dir, rep), subtract=subtract)
             return
         bits, dim = st.spec.ring_bits, st.spec.dim

@@ -90,7 +90,7 @@ class UploadScheduler(Generic[T]):
         of the same client and a full queue."""
         if self.busy(client):
             raise DuplicateReportError(f"client {client!r} already has an upload queued or in progress")
-        if report in self.active or any(q.report == report for q in self.queue):
+        if self.has(report):
             raise DuplicateReportError("that report id is already being uploaded")
         if len(self.active) < self.limits.slots and not self.queue:
             return self._start(round_id, client, report, size, now)
@@ -104,6 +104,10 @@ class UploadScheduler(Generic[T]):
         up = Upload(round_id, client, report, size, now, now, now + self.limits.budget_s(size))
         self.active[report] = up
         return up
+
+    def has(self, report: str) -> bool:
+        """Whether an upload of ``report`` is queued or active."""
+        return report in self.active or any(q.report == report for q in self.queue)
 
     def get(self, report: str) -> Upload | None:
         """The active upload of ``report`` (its chunks' sender is proven by the upload key, not here)."""

@@ -94,7 +94,7 @@ def test_a_client_at_the_bound_always_encodes_within_it(frac_bits: int) -> None:
     """Rounding to nearest may lengthen a vector clipped to exactly clip_norm past the parties' bound (about
     one unit vector in 25 did at d = 3000); the client clips to clip_norm - sqrt(d)/2^(f+1) in verified rounds."""
     spec = RoundSpec.create(1, {"w": (D,)}, min_clients=3, clip_norm=CLIP, frac_bits=frac_bits, verify_norm=True)
-    target = SecureAggClient._clip_target(spec, CLIP, noised=False)
+    target = SecureAggClient._clip_target(spec, noised=False)
     assert CLIP - 1e-3 < target < CLIP
     for seed in range(200):
         v = np.random.default_rng(seed).normal(size=D)

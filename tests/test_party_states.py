@@ -13,7 +13,6 @@ import pytest
 from mpc_agg.bulk import TAG_BYTES, UploadSeal
 from mpc_agg.errors import MpcAggError
 from mpc_agg.sharing import SEED_BYTES, dense_party
-from mpc_agg.sharing import dense_party
 from mpc_agg.spec import RoundSpec
 from mpc_agg.wire import INLINE_MAX, MsgType
 from parties.inprocess import Answer, InProcess
@@ -230,7 +229,8 @@ def test_sealed_chunks_reordered_replayed_or_altered_are_refused(tmp_path: Path)
     ups = updates(2)
     _, report, _ = request_for(MsgType.REPORT_BEGIN, spec)
     a, b = {**report, "client": "a", "report_id": "ab" * 16}, {**report, "client": "b", "report_id": "33" * 16}
-    go_a, go_b = ip.request(0, "client:a", MsgType.REPORT_BEGIN, a), ip.request(0, "client:b", MsgType.REPORT_BEGIN, b)
+    go_a = ip.request(0, "client:a", MsgType.REPORT_BEGIN, a)
+    assert outcome(ip.request(0, "client:b", MsgType.REPORT_BEGIN, b)) == "OK"  # b's upload, into which a's chunk is replayed
     first, second = np.full(8, 1 << 40, dtype="<i8"), np.full(8, 1 << 41, dtype="<i8")
     a0, a8 = sealed(go_a, spec, a["report_id"], 0, first), sealed(go_a, spec, a["report_id"], 8, second)
 
@@ -274,3 +274,27 @@ def test_a_dense_share_rides_in_its_report_only_when_small(tmp_path: Path) -> No
         for j, u in enumerate(ups):
             ip.submit(f"c{j}", spec, u)
         np.testing.assert_allclose(InProcess.average(spec, ip.close(1)), np.full(dim, 0.5), atol=1e-6)
+
+
+def test_a_report_in_upload_cannot_also_arrive_whole_nor_overfill_the_round(tmp_path: Path) -> None:
+    """While a client's upload is queued or in progress at its dense party, a REPORT of the same client or
+    report id is refused there; an upload that completes after the round filled up is refused and taken back
+    out of the sum, so no party holds more than its cap (and no report counts twice)."""
+    ip, spec = InProcess(tmp_path, inline_max=0), RoundSpec.create(1, {"w": (DIM,)}, min_clients=2, parties=3,
+                                                                    max_cohort=2)
+    ip.open(spec)
+    report = {"round": 1, "client": "x", "report_id": HEX, "spec_digest": spec.digest()}
+    go = ip.request(DENSE, "client:x", MsgType.REPORT_BEGIN, {**report, "deadline": time.time() + 30})
+    whole = [bytes(8 * (DIM + 1))]
+    for who, rid in (("x", "ab" * 16), ("y", HEX)):  # same client, another id; another client, the same id
+        got = ip.request(DENSE, f"client:{who}", MsgType.REPORT, {**report, "client": who, "report_id": rid}, whole)
+        assert outcome(got) == "duplicate_report", (who, got)
+    ups = updates(2)
+    for j, u in enumerate(ups):  # the round fills up while x uploads
+        ip.submit(f"c{j}", spec, u)
+    for start in range(0, DIM + 1, 8):
+        last = ip.request(DENSE, "bulk", MsgType.REPORT_CHUNK, {"report_id": HEX, "offset": start},
+                          sealed(go, spec, HEX, start, np.full(min(8, DIM + 1 - start), 1 << 40, "<i8")))
+    assert outcome(last) == "round_state" and "full" in str(last)
+    assert len(ip.parties[DENSE].table.rounds[1].reports) == 2
+    np.testing.assert_allclose(InProcess.average(spec, ip.close(1)), sum(ups) / 2, atol=1e-6)
