@@ -84,7 +84,7 @@ def chunk_nbytes(bits: int, dim: int, start: int, count: int) -> int:
 
 
 def report_nbytes(bits: int, dim: int) -> int:
-    """Bytes of a whole report's dense share (the leader's upload)."""
+    """Bytes of a whole report's dense share (what its dense party receives)."""
     return chunk_nbytes(bits, dim, 0, dim + 1)
 
 

@@ -78,7 +78,8 @@ _DONE = b"DONE"
 
 
 KINDS = ("dense", "seed")
-"""What a record's material is: a dense share vector (int64 values) or a 32-byte seed."""
+"""What a record's material is: a dense share vector in the round's wire layout (mpc_agg.ring: int64 values,
+or int32 coordinates and an int64 weight in a 32-bit round) or a 32-byte seed."""
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ MAX_INT_DIGITS = 40
 DEFAULT_MAX_PAYLOAD = 1 << 31
 MAX_PAYLOADS = 64
 UPLOAD_WINDOW = 2
-"""REPORT_CHUNKs a client may have unacknowledged at the leader (the leader holds at most that many)."""
+"""REPORT_CHUNKs a client may have unacknowledged at the report's dense party (which queues at most that many)."""
 INLINE_MAX = 256 << 10
 """Largest dense share (bytes) that travels whole in its REPORT over CURVE, in one round trip; larger ones go
 in sealed chunks (REPORT_BEGIN, REPORT_CHUNK)."""

@@ -1,8 +1,9 @@
 """One aggregator party process: ZeroMQ wiring around :class:`parties.core.PartyCore`.
 
 Runs as ``mpc-agg party --config deployment.toml --id I`` until SIGTERM.  Each party
-receives, in chunks, the dense shares of the reports whose dense party it is, and a
-32-byte seed of every other report, which it expands (mpc_agg.sharing, ``dense_party``).
+receives the dense shares of the reports whose dense party it is (whole in a REPORT when
+small, else in sealed chunks), and a 32-byte seed of every other report, which it expands
+(mpc_agg.sharing, ``dense_party``).
 The protocol itself (docs/PROTOCOL.md) lives in parties/core.py and its rooms; this module owns the sockets: the CURVE
 ROUTER that clients and the coordinator talk to, the bulk endpoint for sealed share
 chunks (mpc_agg.bulk), the party-to-party communicator
@@ -23,7 +24,7 @@ from mpc_agg.crypten_glue import DealerProvider, ZmqCommunicator, activate, deac
 from mpc_agg.messages import validate_request
 from mpc_agg.service import Reply, Request, Service
 from mpc_agg.transport import Requester, SecureContext
-from mpc_agg.wire import MAX_META_BYTES, UPLOAD_WINDOW, MsgType
+from mpc_agg.wire import INLINE_MAX, MAX_META_BYTES, SMALL_META_BYTES, UPLOAD_WINDOW, MsgType
 from parties.agreement import Collective
 from parties.core import PartyCore
 from parties.uploads import UploadLimits
@@ -66,7 +67,8 @@ class Party(Service):
         allowed = {c.public_key: f"client:{c.id}" for c in deployment.clients}
         allowed[deployment.coordinator_public_key] = "coordinator"
         sock = sctx.server(zmq.ROUTER, cfg.client_endpoint, public_key=cfg.public_key, secret_key=secret,
-                           domain="clients", allowed=allowed, max_message=MAX_META_BYTES + (1 << 16))
+                           domain="clients", allowed=allowed,
+                           max_message=max(MAX_META_BYTES, INLINE_MAX + SMALL_META_BYTES) + (1 << 16))
         sock.rcvhwm = self.client_hwm
         bulk = sctx.bulk_server(cfg.bulk_endpoint, max_message=8 * self.chunk_values + TAG_BYTES + (1 << 16))
         bulk.rcvhwm = UPLOAD_WINDOW  # sealed chunks a client may have in flight (mpc_agg.wire)
