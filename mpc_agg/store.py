@@ -71,7 +71,6 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
 
 
 RECORD_MAGIC = b"RPT4"
-_OLD_MAGIC = b"RPT3"  # before parallel uploads: CRC-32 trailer only, records appended whole
 _LEN = struct.Struct(">I")
 _CRC = struct.Struct(">I")
 _DONE = b"DONE"
@@ -201,7 +200,7 @@ class RoundStore:
                 if not head:
                     return out, pos
                 try:
-                    if len(head) < 8 or head[:4] not in (RECORD_MAGIC, _OLD_MAGIC):
+                    if len(head) < 8 or head[:4] != RECORD_MAGIC:
                         raise ValueError("bad record start")
                     (hlen,) = _LEN.unpack_from(head, 4)
                     header = json.loads(f.read(hlen))
@@ -209,16 +208,14 @@ class RoundStore:
                     if kind not in KINDS:
                         raise ValueError("unknown record kind")
                     start = pos + 8 + hlen
-                    trailer = _CRC.size + (len(_DONE) if head[:4] == RECORD_MAGIC else 0)
+                    trailer = _CRC.size + len(_DONE)
                     if start + length + trailer > size:
                         raise ValueError("record runs past the end of the log")
                     for at in range(0, length, 1 << 20):
                         crc = zlib.crc32(f.read(min(1 << 20, length - at)), crc)
                     tail = f.read(trailer)
-                    if tail == _CRC.pack(crc) + (_DONE if trailer > _CRC.size else b""):
+                    if tail == _CRC.pack(crc) + _DONE:
                         out.append(StoredReport(str(header["report"]), str(header["client"]), start, length, kind))
-                    elif head[:4] == _OLD_MAGIC:
-                        raise ValueError("checksum mismatch")  # old logs were appended whole: a torn tail
                 except (ValueError, KeyError, TypeError, struct.error):
                     return out, pos
 

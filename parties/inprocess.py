@@ -121,10 +121,9 @@ class InProcess:
         seeds = dict(zip(seed_parties(self.k, dense), new_seeds(self.k)))
         meta = messages.request(MsgType.REPORT, round=spec.round_id, client=client, report_id=report_id.hex(),
                                 spec_digest=spec.digest())
-        who = f"client:{client}"
+        who, ctx = f"client:{client}", ShareContext(spec.round_id, client, report_id)
         answers: list[Answer | None] = []
         for i in range(self.k) if parties is None else parties:
-            ctx = ShareContext(spec.round_id, client, report_id)
             if i != dense or report_nbytes(spec.ring_bits, spec.dim) <= self.inline_max:
                 payload = seeds[i] if i != dense else dense_chunk(ring.copy(), list(seeds.values()), ctx, start=0,
                                                                   dim=spec.dim, bits=spec.ring_bits, dense=i)
